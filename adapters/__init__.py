@@ -1,0 +1,1 @@
+"""Platform adapters: one module per platform, the contract in :mod:`adapters.base`."""

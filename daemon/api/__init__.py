@@ -1,0 +1,1 @@
+"""HTTP surface: operations endpoints now, ``/api/v1`` routers (one per resource) next."""

@@ -1,0 +1,260 @@
+"""The composition root: wires settings, store, adapters, dispatcher, timers and HTTP together,
+and owns start and stop. Tests build it with a FakeClock and drive the dispatcher directly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters import base, sandbox
+from daemon import __version__, config, systemd
+from daemon import clock as clock_mod
+from daemon.api import ops
+from daemon.dispatch import retry
+from daemon.dispatch.dispatcher import Dispatcher
+from daemon.dispatch.pipeline import Pipeline
+from daemon.errors import PostdError
+from daemon.metrics import Metrics
+from daemon.store import db
+
+log = structlog.get_logger("postd")
+DUE_JOB = "dispatch-due"
+
+
+def build_adapters(settings: config.Settings, clock: clock_mod.Clock) -> dict[str, base.Adapter]:
+    return {
+        "sandbox": sandbox.SandboxAdapter.from_settings(
+            settings.sandbox, settings.sandbox_state_path, clock
+        )
+    }
+
+
+def retry_policy(settings: config.Settings) -> retry.RetryPolicy:
+    conf = settings.retry
+    return retry.RetryPolicy(
+        max_attempts=conf.max_attempts,
+        initial_backoff=conf.initial_backoff_seconds,
+        max_backoff=conf.max_backoff_seconds,
+        inline_max_wait=conf.inline_max_wait_seconds,
+        deadline=timedelta(seconds=conf.deadline_seconds),
+    )
+
+
+def instance_id(settings: config.Settings) -> str:
+    return (
+        settings.dispatch.instance_id
+        or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the app owns SIGTERM/SIGINT/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class App:
+    def __init__(
+        self,
+        settings: config.Settings,
+        *,
+        clock: clock_mod.Clock | None = None,
+        adapters: Mapping[str, base.Adapter] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or clock_mod.SystemClock()
+        self.engine = db.create_engine(settings.database.url, settings.base_dir)
+        self.sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.engine)
+        self.metrics = Metrics()
+        self.adapters = (
+            dict(adapters) if adapters is not None else build_adapters(settings, self.clock)
+        )
+        self.pipeline = Pipeline(
+            self.adapters,
+            retry_policy(settings),
+            self.clock,
+            sleep or asyncio.sleep,
+            in_doubt=settings.publish.in_doubt,
+            rng=rng,
+        )
+        self.dispatcher = Dispatcher(
+            sessions=self.sessions,
+            settings=settings,
+            clock=self.clock,
+            adapters=self.adapters,
+            pipeline=self.pipeline,
+            owner=owner or instance_id(settings),
+            metrics=self.metrics,
+            arm=self.arm,
+        )
+        self.notifier = systemd.Notifier.from_env()
+        self.scheduler: AsyncIOScheduler | None = None
+        self.http = FastAPI(title="postd", version=__version__, docs_url=None, redoc_url=None)
+        self.http.state.postd = self
+        self.http.include_router(ops.router)
+        self._lock: db.InstanceLock | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: _Server | None = None
+        self._stop = asyncio.Event()
+
+    # -- state for /readyz --------------------------------------------------------------------
+
+    @property
+    def scheduler_running(self) -> bool:
+        return self.scheduler is not None and self.scheduler.running
+
+    def tick_age(self) -> float | None:
+        last = self.dispatcher.last_tick
+        return None if last is None else (self.clock.now() - last).total_seconds()
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def arm(self, when: datetime | None) -> None:
+        if self.scheduler is None:
+            return
+        if when is None:
+            with contextlib.suppress(Exception):
+                self.scheduler.remove_job(DUE_JOB)
+            return
+        self.scheduler.add_job(
+            self.dispatcher.wake,
+            "date",
+            run_date=when,
+            id=DUE_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    async def sweep(self) -> None:
+        """The safety sweep: one query; proves the dispatcher alive to systemd and /readyz."""
+        try:
+            wake = await self.dispatcher.next_wake()
+        except Exception as exc:
+            log.error("sweep_failed", error=str(exc))
+            return
+        self.metrics.ticks.inc()
+        self.notifier.watchdog()
+        self.dispatcher.on_sweep(wake)
+
+    # -- start / stop -------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Check the schema and take the SQLite instance lock; no timers, no HTTP."""
+        await db.require_migrated(self.engine)
+        path = config.sqlite_path(self.settings.database.url)
+        if path is not None:
+            self._lock = db.InstanceLock(self.settings.resolve(str(path)))
+            self._lock.acquire()
+        await self.dispatcher.start(orphaned_leases=self._lock is not None)
+
+    def _bind(self) -> socket.socket:
+        server = self.settings.server
+        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((server.host, server.port))
+        except OSError as exc:
+            sock.close()
+            raise PostdError(f"cannot listen on {server.bind}: {exc.strerror}") from None
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        await self.prepare()
+        sock = self._bind()
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=self.settings.scheduling.sweep_seconds,
+            id="sweep",
+            next_run_time=self.clock.now(),
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
+        uv = uvicorn.Config(self.http, log_config=None, access_log=False, lifespan="off")
+        self._server = _Server(uv)
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.pump(), name="postd-pump"),
+            asyncio.create_task(self._server.serve(sockets=[sock]), name="postd-http"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        self.notifier.ready(status="dispatching")
+        log.info(
+            "postd_started",
+            version=__version__,
+            bind=self.settings.server.bind,
+            owner=self.dispatcher.owner,
+        )
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stop.is_set():
+            return
+        exc = task.exception()
+        log.error("task_died", task=task.get_name(), error=repr(exc))
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        log.info("postd_stopping")
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        await self.dispatcher.stop(self.settings.dispatch.shutdown_grace_seconds)
+        if self._server is not None:
+            self._server.should_exit = True
+        for task in self._tasks:
+            if task.get_name() == "postd-pump":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.close()
+        log.info("postd_stopped")
+
+    async def close(self) -> None:
+        for adapter in self.adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.aclose()
+        await self.engine.dispose()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        log.info("sighup_received", detail="logs reopened; settings reload on restart")
+        self.notifier.ready(status="dispatching")

@@ -1,0 +1,259 @@
+"""Settings: one TOML file parsed once into frozen, typed settings.
+
+Environment variables ``POSTD_<SECTION>_<KEY>`` override scalar keys of the file (for secrets:
+``POSTD_DATABASE_URL``, ``POSTD_SECURITY_SECRET_KEY``...). Every error names its key, so a bad
+config fails at start with one line. ``config.example.toml`` documents every key; a test keeps the
+two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.errors import ConfigError
+
+PLATFORMS = (
+    "facebook",
+    "instagram",
+    "linkedin",
+    "tiktok",
+    "twitter",
+    "youtube",
+    "mastodon",
+    "bluesky",
+    "sandbox",
+)
+
+# Defaults from the API document's guardrail table (FB/IG/LN/TT/TW) and conservative values for
+# platforms without a row. Ceilings are hard: an operator may lower a limit freely, never raise it
+# past these.
+DEFAULT_PAGE_LIMITS: dict[str, tuple[int, int]] = {
+    "facebook": (10, 40),
+    "instagram": (8, 30),
+    "linkedin": (3, 15),
+    "tiktok": (10, 50),
+    "twitter": (50, 300),
+    "youtube": (3, 10),
+    "mastodon": (10, 50),
+    "bluesky": (10, 50),
+    "sandbox": (10, 40),
+}
+CEILING_PAGE_LIMITS: dict[str, tuple[int, int]] = {
+    "facebook": (25, 100),
+    "instagram": (25, 50),
+    "linkedin": (10, 50),
+    "tiktok": (15, 100),
+    "twitter": (100, 600),
+    "youtube": (10, 50),
+    "mastodon": (30, 300),
+    "bluesky": (30, 300),
+    "sandbox": (100_000, 1_000_000),
+}
+CEILING_BRAND_PER_24H = 2_000
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    bind: str = "127.0.0.1:8787"
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8787")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(default="sqlite:///./postd.db", repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+
+class SchedulingSettings(_Section):
+    min_lead_seconds: int = Field(default=600, ge=0)
+    max_horizon_days: int = Field(default=75, ge=1, le=3650)
+    catch_up_seconds: int = Field(default=21_600, ge=0)
+    sweep_seconds: float = Field(default=30, gt=0, le=3600)
+    lease_seconds: float = Field(default=120, gt=0)
+
+
+class DispatchSettings(_Section):
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    concurrency: int = Field(default=32, ge=1, le=1024)
+    shutdown_grace_seconds: float = Field(default=20, ge=0)
+    instance_id: str = ""
+
+
+class PageLimits(_Section):
+    per_hour: int = Field(ge=0)
+    per_24h: int = Field(ge=0)
+
+
+class GuardrailSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_gap_seconds: int = Field(default=60, ge=0, le=86_400)
+    brand_per_24h: int = Field(default=500, ge=0, le=CEILING_BRAND_PER_24H)
+    facebook: PageLimits = PageLimits(per_hour=10, per_24h=40)
+    instagram: PageLimits = PageLimits(per_hour=8, per_24h=30)
+    linkedin: PageLimits = PageLimits(per_hour=3, per_24h=15)
+    tiktok: PageLimits = PageLimits(per_hour=10, per_24h=50)
+    twitter: PageLimits = PageLimits(per_hour=50, per_24h=300)
+    youtube: PageLimits = PageLimits(per_hour=3, per_24h=10)
+    mastodon: PageLimits = PageLimits(per_hour=10, per_24h=50)
+    bluesky: PageLimits = PageLimits(per_hour=10, per_24h=50)
+    sandbox: PageLimits = PageLimits(per_hour=10, per_24h=40)
+
+    @model_validator(mode="after")
+    def _under_ceilings(self) -> GuardrailSettings:
+        for platform, (hour_cap, day_cap) in CEILING_PAGE_LIMITS.items():
+            limits: PageLimits = getattr(self, platform)
+            if limits.per_hour > hour_cap:
+                raise ValueError(
+                    f"{platform}.per_hour: {limits.per_hour} exceeds the hard ceiling {hour_cap}"
+                )
+            if limits.per_24h > day_cap:
+                raise ValueError(
+                    f"{platform}.per_24h: {limits.per_24h} exceeds the hard ceiling {day_cap}"
+                )
+        return self
+
+    def for_platform(self, platform: str) -> PageLimits:
+        limits: PageLimits = getattr(self, platform)
+        return limits
+
+
+class RetrySettings(_Section):
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    initial_backoff_seconds: float = Field(default=5, gt=0)
+    max_backoff_seconds: float = Field(default=900, gt=0)
+    inline_max_wait_seconds: float = Field(default=10, ge=0)
+    deadline_seconds: int = Field(default=21_600, gt=0)
+
+
+class PublishSettings(_Section):
+    in_doubt: Literal["fail", "retry"] = "fail"
+
+
+class SandboxSettings(_Section):
+    state_path: str = ""
+    latency_ms: float = Field(default=50, ge=0)
+    latency_jitter_ms: float = Field(default=0, ge=0)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    ambiguous_rate: float = Field(default=0.0, ge=0, le=1)
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    seed: int | None = None
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
+    retry: RetrySettings = RetrySettings()
+    publish: PublishSettings = PublishSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    logging: LoggingSettings = LoggingSettings()
+    # Directory that relative paths in the file are resolved against (the file's own directory).
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @property
+    def sandbox_state_path(self) -> Path:
+        if self.sandbox.state_path:
+            return self.resolve(self.sandbox.state_path)
+        return self.resolve("sandbox.db")
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.base_dir / candidate)
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    sections = {name for name, field in Settings.model_fields.items() if name != "base_dir"}
+    for name, value in environ.items():
+        if not name.startswith("POSTD_") or name == "POSTD_CONFIG":
+            continue
+        rest = name[len("POSTD_") :].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            raw.setdefault(section, {})
+            if isinstance(raw[section], dict):
+                raw[section][key] = value
+    return raw
+
+
+def _first_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    return ConfigError(loc or "config", message)
+
+
+def load(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse a TOML config file (or the defaults when ``path`` is None) plus the environment.
+
+    Raises ConfigError naming the first offending key.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(str(file), "config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file), f"invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(file), f"cannot read: {exc.strerror}") from None
+        base_dir = file.resolve().parent
+    raw = _apply_env(raw, environ)
+    try:
+        return Settings.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite URL, or None for other backends / in-memory databases."""
+    if not url.startswith("sqlite"):
+        return None
+    _, _, rest = url.partition(":///")
+    if not rest or rest.startswith(":memory:"):
+        return None
+    return Path(rest.split("?", 1)[0])

@@ -1,0 +1,1 @@
+"""The dispatcher: claiming due posts under leases, the publish pipeline, reconciliation."""

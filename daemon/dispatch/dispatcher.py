@@ -1,0 +1,381 @@
+"""The dispatcher: owns the publish workers, claims due posts, reconciles expired leases.
+
+It never polls. Something wakes it (the timer armed at the next due instant, a finished publish
+freeing a page, a new post, the safety sweep) and it runs passes until nothing more can start.
+Timers are not its business: it calls ``arm(when)`` and the composition root turns that into an
+APScheduler date job; tests call :meth:`Dispatcher.drain` and move a FakeClock instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from adapters import base
+from daemon import clock as clock_mod
+from daemon import guardrails, lifecycle, timefmt
+from daemon.config import Settings
+from daemon.dispatch import claim, transitions
+from daemon.dispatch.finisher import Finisher
+from daemon.dispatch.outcomes import ClaimedPost, Outcome
+from daemon.dispatch.pipeline import Pipeline
+from daemon.metrics import Metrics
+from daemon.store.models import Post, PublishAttempt
+
+log = structlog.get_logger("postd.dispatch")
+Arm = Callable[[datetime | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    claimed: int
+    reconciling: int
+    deferred: int
+    missed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    next_due: datetime | None
+    next_lease_expiry: datetime | None
+
+    @property
+    def earliest(self) -> datetime | None:
+        times = [t for t in (self.next_due, self.next_lease_expiry) if t is not None]
+        return min(times) if times else None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        clock: clock_mod.Clock,
+        adapters: Mapping[str, base.Adapter],
+        pipeline: Pipeline,
+        owner: str,
+        metrics: Metrics,
+        arm: Arm | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._clock = clock
+        self._adapters = adapters
+        self._pipeline = pipeline
+        self.owner = owner
+        self._metrics = metrics
+        self._arm_timer = arm or (lambda _when: None)
+        self._armed: datetime | None = None
+        self._postgres = sessions.kw["bind"].dialect.name == "postgresql"
+        self._finisher = Finisher(sessions, owner)
+        self._finisher_task: asyncio.Task[None] | None = None
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._pass_lock = asyncio.Lock()
+        self.last_tick: datetime | None = None
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def limits_for(self, platform: str) -> guardrails.Limits:
+        """Config limits, tightened by what the platform reports about itself."""
+        conf = self._settings.guardrails
+        page = conf.for_platform(platform)
+        per_hour, per_24h = page.per_hour, page.per_24h
+        adapter = self._adapters.get(platform)
+        if adapter is not None:
+            reported = adapter.limits()
+            per_hour = min(per_hour, reported.per_hour or per_hour)
+            per_24h = min(per_24h, reported.per_24h or per_24h)
+        return guardrails.Limits(
+            page=guardrails.PageLimits(
+                per_hour=per_hour,
+                per_24h=per_24h,
+                min_gap=timedelta(seconds=conf.min_gap_seconds),
+            ),
+            brand_per_24h=conf.brand_per_24h,
+        )
+
+    # -- lifecycle of the dispatcher itself ---------------------------------------------------
+
+    async def start(self, *, orphaned_leases: bool) -> None:
+        """Start the finisher; with ``orphaned_leases`` (SQLite: we hold the instance lock) every
+        lease in the database belongs to a dead process and is reconciled at once."""
+        if orphaned_leases:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(Post)
+                    .where(Post.state == lifecycle.PUBLISHING)
+                    .values(lease_expires_at=self._clock.now())
+                )
+        self._finisher_task = asyncio.create_task(self._finisher.run(), name="postd-finisher")
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let in-flight publishes finish for ``grace`` seconds, release the rest."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._in_flight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                await self._release([pid for pid, t in self._in_flight.items() if t in pending])
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._finisher_task is not None:
+            self._finisher_task.cancel()
+            await asyncio.gather(self._finisher_task, return_exceptions=True)
+
+    async def _release(self, post_ids: list[str]) -> None:
+        # Their platform call is under way: it may land. End the lease so that the next start
+        # (or another instance) reconciles them instead of publishing again.
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Post)
+                .where(Post.id.in_(post_ids), Post.lease_owner == self.owner)
+                .values(lease_expires_at=self._clock.now())
+            )
+        log.warning("leases_released", count=len(post_ids))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # -- waking -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _arm(self, when: datetime | None) -> None:
+        self._armed = when
+        self._arm_timer(when)
+
+    def notify_due(self, due_at: datetime) -> None:
+        """A post was added or moved: wake now, or re-arm the timer if it is due earlier."""
+        if due_at <= self._clock.now():
+            self.wake()
+        elif self._armed is None or due_at < self._armed:
+            self._arm(due_at)
+
+    def on_sweep(self, wake: Wake) -> None:
+        """After the safety sweep's query: wake for what is due, else (idle) re-arm the timer."""
+        earliest = wake.earliest
+        if earliest is not None and earliest <= self._clock.now():
+            self.wake()
+        elif not self._in_flight:
+            self._arm(earliest)
+
+    async def next_wake(self) -> Wake:
+        """The one query of an idle sweep: next due post and next lease expiry."""
+        due = (
+            select(func.min(Post.due_at)).where(Post.state == lifecycle.SCHEDULED).scalar_subquery()
+        )
+        lease = (
+            select(func.min(Post.lease_expires_at))
+            .where(Post.state == lifecycle.PUBLISHING)
+            .scalar_subquery()
+        )
+        async with self._sessions() as session:
+            row = (await session.execute(select(due, lease))).one()
+        self.last_tick = self._clock.now()
+        return Wake(timefmt.aware(row[0]), timefmt.aware(row[1]))
+
+    async def pump(self) -> None:
+        """Owned by the app: run passes whenever woken, until stopped."""
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                await self._settle()
+            except Exception:
+                log.exception("dispatch_pass_failed")
+                self._arm(self._clock.now() + timedelta(seconds=5))
+
+    async def _settle(self) -> None:
+        while not self._stopping:
+            result = await self.pass_once()
+            if self._free_slots() > 0 and (result.claimed or result.reconciling):
+                continue  # a full batch went out and slots remain: there may be more
+            break
+        if not self._in_flight:
+            self._arm((await self.next_wake()).earliest)
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self._settings.dispatch.concurrency - len(self._in_flight)
+
+    async def pass_once(self) -> PassResult:
+        """Reconcile expired leases, then claim due posts, up to the free publish slots."""
+        async with self._pass_lock:
+            if self._stopping or self._free_slots() <= 0:
+                return PassResult(0, 0, 0, 0)
+            reconciling = await self._reap(self._free_slots())
+            if self._free_slots() <= 0:
+                return PassResult(0, reconciling, 0, 0)
+            result = await self._claim(self._free_slots())
+        for item in result.claimed:
+            self._spawn(item)
+        for deferral in result.deferred:
+            self._metrics.deferrals.labels(deferral.reason).inc()
+        return PassResult(len(result.claimed), reconciling, len(result.deferred), result.missed)
+
+    async def _claim(self, limit: int) -> claim.ClaimResult:
+        sched = self._settings.scheduling
+        now = self._clock.now()
+        async with self._sessions() as session, session.begin():
+            return await claim.claim(
+                session,
+                now=now,
+                owner=self.owner,
+                lease=timedelta(seconds=sched.lease_seconds),
+                limit=limit,
+                batch=max(self._settings.dispatch.batch_size, limit),
+                limits_for=self.limits_for,
+                catch_up=timedelta(seconds=sched.catch_up_seconds),
+                postgres=self._postgres,
+            )
+
+    async def _reap(self, limit: int) -> int:
+        now = self._clock.now()
+        lease = timedelta(seconds=self._settings.scheduling.lease_seconds)
+        async with self._sessions() as session, session.begin():
+            stmt: Any = (
+                select(Post)
+                .where(Post.state == lifecycle.PUBLISHING, Post.lease_expires_at <= now)
+                .order_by(Post.lease_expires_at)
+                .limit(limit)
+            )
+            if self._postgres:
+                stmt = stmt.with_for_update(skip_locked=True)
+            posts = list(await session.scalars(stmt))
+            if not posts:
+                return 0
+            items = await self._take_over(session, posts, now + lease)
+        for item, exclude in items:
+            self._spawn(item, exclude)
+        log.info("leases_reclaimed", count=len(items), owner=self.owner)
+        return len(items)
+
+    async def _take_over(
+        self, session: AsyncSession, posts: list[Post], until: datetime
+    ) -> list[tuple[ClaimedPost, frozenset[str]]]:
+        ids = [p.id for p in posts]
+        latest = (
+            select(func.max(PublishAttempt.id))
+            .where(PublishAttempt.post_id.in_(ids))
+            .group_by(PublishAttempt.post_id)
+        )
+        rows = await session.scalars(select(PublishAttempt).where(PublishAttempt.id.in_(latest)))
+        attempts = {a.post_id: a for a in rows}
+        pages = await transitions.page_refs(session, {p.page_id for p in posts})
+        items = []
+        for post in posts:
+            attempt = attempts.get(post.id)
+            if attempt is None:  # claimed by a version that wrote no attempt: treat as started
+                attempt = PublishAttempt(
+                    post_id=post.id,
+                    number=post.attempts,
+                    instance=post.lease_owner,
+                    started_at=post.counted_at or post.updated_at,
+                    outcome="started",
+                )
+                session.add(attempt)
+                await session.flush()
+            post.lease_owner, post.lease_expires_at = self.owner, until
+            exclude = await self._attributed_elsewhere(session, post)
+            items.append(
+                (
+                    transitions.claimed(post, attempt, pages.get(post.page_id), reconcile=True),
+                    exclude,
+                )
+            )
+        return items
+
+    async def _attributed_elsewhere(self, session: AsyncSession, post: Post) -> frozenset[str]:
+        stmt = select(Post.remote_id).where(
+            Post.page_id == post.page_id, Post.remote_id.is_not(None), Post.id != post.id
+        )
+        return frozenset(r for r in await session.scalars(stmt) if r)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _spawn(self, item: ClaimedPost, exclude: frozenset[str] | None = None) -> None:
+        task = asyncio.create_task(self._work(item, exclude), name=f"publish-{item.post_id}")
+        self._in_flight[item.post_id] = task
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        post_id = task.get_name().removeprefix("publish-")
+        self._in_flight.pop(post_id, None)
+        self._wake.set()
+
+    async def _work(self, item: ClaimedPost, exclude: frozenset[str] | None) -> None:
+        if item.reconcile:
+            outcome = await self._pipeline.reconcile(item, exclude or frozenset())
+        else:
+            lateness = (self._clock.now() - item.due_at).total_seconds()
+            self._metrics.lateness_seconds.observe(max(lateness, 0.0))
+            outcome = await self._pipeline.publish(item)
+            self._observe(item, outcome)
+        try:
+            await self._finisher.submit(outcome)
+        except Exception:
+            # Not lost: the post stays publishing under our lease; reconciliation resolves it.
+            log.error("outcome_not_recorded", post_id=item.post_id, outcome=outcome.kind)
+            return
+        _log_outcome(item, outcome)
+
+    def _observe(self, item: ClaimedPost, outcome: Outcome) -> None:
+        started = outcome.started_at or item.attempt_started_at
+        seconds = (outcome.finished_at - started).total_seconds()
+        self._metrics.publish_seconds.labels(item.platform).observe(max(seconds, 0.0))
+        self._metrics.outcomes.labels(outcome.kind).inc()
+        if outcome.error_class:
+            self._metrics.adapter_errors.labels(item.platform, outcome.error_class).inc()
+        for tried in outcome.extra_tries:
+            self._metrics.adapter_errors.labels(item.platform, tried.error_class or "").inc()
+
+    # -- tests and tools ----------------------------------------------------------------------
+
+    async def drain(self) -> Wake:
+        """Run passes and wait for every worker until nothing more can start *now*.
+
+        Used by tests (with a FakeClock) and tools; returns when and why to come back.
+        """
+        while True:
+            result = await self.pass_once()
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+                continue
+            if not (result.claimed or result.reconciling):
+                return await self.next_wake()
+
+
+def _log_outcome(item: ClaimedPost, outcome: Outcome) -> None:
+    fields: dict[str, Any] = {
+        "post_id": item.post_id,
+        "page_id": item.page_id,
+        "platform": item.platform,
+        "attempt": item.attempts,
+    }
+    if outcome.kind == "published" and outcome.published is not None:
+        log.info("post_published", remote_id=outcome.published.remote_id, **fields)
+    elif outcome.kind == "failed":
+        log.warning("post_failed", code=outcome.code, reason=outcome.message, **fields)
+    elif outcome.kind == "in_doubt":
+        log.warning("publish_in_doubt", code=outcome.code, **fields)
+    else:
+        log.info(
+            "post_rescheduled", not_before=str(outcome.not_before), code=outcome.code, **fields
+        )

@@ -1,0 +1,79 @@
+"""Group commit of publish outcomes.
+
+Each outcome is one lifecycle transition with its outbox event; writing them one transaction per
+post would make the fsync of ``synchronous=FULL`` the bottleneck. The finisher drains whatever
+outcomes are waiting and commits them together; each submitter awaits its own outcome being
+durable, so a page is not free again (and a publish slot not released) before its state is
+written. A crash before the commit is safe: the post is still ``publishing`` under a lease and
+reconciliation finds what the platform has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from daemon.dispatch import transitions
+from daemon.dispatch.outcomes import Outcome
+from daemon.store.models import Post
+
+log = structlog.get_logger("postd.dispatch")
+MAX_GROUP = 500
+
+
+class Finisher:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], owner: str) -> None:
+        self._sessions = sessions
+        self._owner = owner
+        self._queue: asyncio.Queue[tuple[Outcome, asyncio.Future[None]]] = asyncio.Queue()
+        self.committed = 0
+
+    async def submit(self, outcome: Outcome) -> None:
+        """Return once the outcome is committed (raises if the commit failed)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((outcome, future))
+        await future
+
+    async def run(self) -> None:
+        """Owned by the dispatcher: commit groups until cancelled."""
+        while True:
+            group = [await self._queue.get()]
+            while not self._queue.empty() and len(group) < MAX_GROUP:
+                group.append(self._queue.get_nowait())
+            await self.flush(group)
+
+    async def flush(self, group: Sequence[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        outcomes = [outcome for outcome, _ in group]
+        try:
+            lost = await self._write(outcomes)
+        except Exception as exc:
+            log.error("outcome_commit_failed", count=len(group), error=str(exc))
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.committed += len(group)
+        for outcome in lost:
+            log.warning(
+                "lease_lost",
+                post_id=outcome.claimed.post_id,
+                outcome=outcome.kind,
+                detail="another instance took the post over; its state was left to it",
+            )
+        for _, future in group:
+            if not future.done():
+                future.set_result(None)
+
+    async def _write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        ids = sorted({o.claimed.post_id for o in outcomes})
+        async with self._sessions() as session, session.begin():
+            stmt: Any = select(Post).where(Post.id.in_(ids))
+            if session.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            posts = {p.id: p for p in await session.scalars(stmt)}
+            return await transitions.apply(session, posts, outcomes, self._owner)

@@ -1,0 +1,173 @@
+"""The publish pipeline: one claimed post -> one platform call (plus inline retries) -> Outcome.
+
+Only :class:`adapters.base.RetryableError` (the request provably did not take effect) is ever
+retried, by tenacity, and only while the pure retry policy says the wait is short. An ambiguous
+outcome of the final publish call is never retried: it becomes ``in_doubt`` and
+:meth:`Pipeline.reconcile` asks the platform (``find_published``) what really happened.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
+from datetime import datetime, timedelta
+
+import tenacity
+
+from adapters import base
+from daemon import clock as clock_mod
+from daemon import lifecycle
+from daemon.dispatch import retry
+from daemon.dispatch.outcomes import ClaimedPost, Outcome, TryRecord
+
+Sleep = Callable[[float], Awaitable[None]]
+# The platform's clock and ours differ a little: look this far before the attempt started.
+FIND_SKEW = timedelta(minutes=5)
+RECONCILE_BACKOFF = timedelta(seconds=60)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        adapters: Mapping[str, base.Adapter],
+        policy: retry.RetryPolicy,
+        clock: clock_mod.Clock,
+        sleep: Sleep,
+        *,
+        in_doubt: str = "fail",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._adapters = adapters
+        self._policy = policy
+        self._clock = clock
+        self._sleep = sleep
+        self._in_doubt = in_doubt
+        self._rng = rng or random.Random()
+
+    def _adapter(self, platform: str) -> base.Adapter:
+        adapter = self._adapters.get(platform)
+        if adapter is None:
+            raise base.PermanentError(
+                f"no adapter configured for platform {platform!r}", code="PLATFORM_UNAVAILABLE"
+            )
+        return adapter
+
+    async def publish(self, claimed: ClaimedPost) -> Outcome:
+        """Publish once (plus inline retries of provably-failed tries); never raises."""
+        tries: list[TryRecord] = []
+        decision: list[retry.RetryDecision] = []
+        started = [self._clock.now()]
+
+        def should_retry(state: tenacity.RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if not isinstance(exc, base.RetryableError):
+                return False
+            now = self._clock.now()
+            decision.append(
+                retry.decide(
+                    self._policy,
+                    failures=claimed.attempts + state.attempt_number - 1,
+                    retry_after=exc.retry_after,
+                    first_attempt_at=claimed.first_attempt_at,
+                    now=now,
+                    jitter=self._rng.random(),
+                )
+            )
+            if not isinstance(decision[-1], retry.RetryInline):
+                return False
+            tries.append(_try(started[-1], now, exc))
+            return True
+
+        def wait(_state: tenacity.RetryCallState) -> float:
+            last = decision[-1]
+            return last.wait if isinstance(last, retry.RetryInline) else 0.0
+
+        async def call() -> base.Published:
+            started.append(self._clock.now())
+            return await self._adapter(claimed.platform).publish(claimed.payload)
+
+        retrying = tenacity.AsyncRetrying(
+            retry=should_retry, wait=wait, sleep=self._sleep, reraise=True
+        )
+        try:
+            published: base.Published = await retrying(call)
+        except Exception as exc:  # every error is classified below; none escapes a worker
+            out = self._failure(claimed, exc, decision[-1] if decision else None)
+        else:
+            out = Outcome("published", claimed, self._clock.now(), "published", published)
+        out.extra_tries = tries
+        out.started_at = started[-1]
+        return out
+
+    def _failure(
+        self, claimed: ClaimedPost, exc: Exception, last: retry.RetryDecision | None
+    ) -> Outcome:
+        now = self._clock.now()
+        out = Outcome("failed", claimed, now, "failed", error_class=base.error_class(exc))
+        out.message = str(exc) or type(exc).__name__
+        if isinstance(exc, base.AdapterError):
+            out.code, out.http_status, out.excerpt = exc.code, exc.http_status, exc.excerpt
+        else:
+            out.code = lifecycle.ADAPTER_ERROR
+            out.message = f"unexpected {type(exc).__name__}: {exc}"
+        if isinstance(exc, base.AmbiguousError):
+            out.kind, out.attempt_outcome, out.keep_counted = "in_doubt", "in_doubt", True
+        elif isinstance(exc, base.RetryableError):
+            if isinstance(last, retry.Reschedule):
+                out.kind, out.attempt_outcome, out.not_before = (
+                    "reschedule",
+                    "retry",
+                    last.not_before,
+                )
+                out.message = f"{exc.code}: retrying at {last.not_before.isoformat()}"
+            elif isinstance(last, retry.GiveUp):
+                out.message = f"{last.reason}; last error {exc.code}: {out.message}"
+                out.code = last.code
+        elif isinstance(exc, base.AuthError):
+            out.page_needs_reauth = True
+            out.code = lifecycle.AUTH_EXPIRED
+        return out
+
+    async def reconcile(self, claimed: ClaimedPost, exclude: AbstractSet[str]) -> Outcome:
+        """Resolve an in-doubt publish through ``find_published``; never raises."""
+        now = self._clock.now()
+        since = claimed.attempt_started_at - FIND_SKEW
+        try:
+            found = await self._adapter(claimed.platform).find_published(
+                claimed.payload, since, exclude
+            )
+        except base.UnsupportedAction:
+            return self._cannot_tell(claimed, now)
+        except Exception as exc:  # cannot ask now: stay in doubt, ask again later
+            out = Outcome("in_doubt", claimed, now, "in_doubt", error_class=base.error_class(exc))
+            out.not_before = now + RECONCILE_BACKOFF
+            out.code = getattr(exc, "code", lifecycle.PUBLISH_IN_DOUBT)
+            out.message = f"could not ask the platform yet: {exc}"
+            return out
+        if found is not None:
+            return Outcome("published", claimed, now, "reconciled_published", found)
+        out = Outcome("reschedule", claimed, now, "reconciled_absent", not_before=now)
+        out.message = "an interrupted attempt did not reach the platform: publishing again"
+        return out
+
+    def _cannot_tell(self, claimed: ClaimedPost, now: datetime) -> Outcome:
+        if self._in_doubt == "retry":
+            out = Outcome("reschedule", claimed, now, "in_doubt_retry", not_before=now)
+            out.message = "the platform cannot tell whether it was published: retrying (policy)"
+            return out
+        out = Outcome("failed", claimed, now, "in_doubt_failed", keep_counted=True)
+        out.code = lifecycle.PUBLISH_IN_DOUBT
+        out.message = "the platform cannot tell whether it was published; not retried (policy)"
+        return out
+
+
+def _try(started: datetime, finished: datetime, exc: Exception) -> TryRecord:
+    return TryRecord(
+        started_at=started,
+        finished_at=finished,
+        error_class=base.error_class(exc),
+        error_code=getattr(exc, "code", None),
+        http_status=getattr(exc, "http_status", None),
+        excerpt=getattr(exc, "excerpt", None),
+    )

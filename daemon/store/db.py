@@ -1,0 +1,153 @@
+"""The database: one async engine for SQLite or PostgreSQL, migrations, and the schema check.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (NORMAL can lose a "published" mark on power
+loss, which would become a repost) and every transaction starts with ``BEGIN IMMEDIATE`` so a
+writer never has to upgrade a read lock (which WAL answers with SQLITE_BUSY_SNAPSHOT). PostgreSQL
+uses psycopg 3 and ``FOR UPDATE SKIP LOCKED`` for claims (see :mod:`daemon.store.repo`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from daemon import config as config_mod
+from daemon.errors import ConfigError, InstanceLockError, NotMigratedError
+
+
+def async_url(url: str, base_dir: Path) -> str:
+    """Normalise a configured URL to the async driver postd uses, resolving relative paths."""
+    if url.startswith("sqlite"):
+        path = config_mod.sqlite_path(url)
+        if path is None:
+            return "sqlite+aiosqlite:///:memory:"
+        if not path.is_absolute():
+            path = (base_dir / path).resolve()
+        return f"sqlite+aiosqlite:///{path}"
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("postgresql+"):
+        raise ConfigError("database.url", "use postgresql:// (postd drives it with psycopg 3)")
+    raise ConfigError("database.url", "must be a sqlite:/// or postgresql:// URL")
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" hook below issue BEGIN itself (the driver's implicit BEGIN is
+    # DEFERRED); these pragmas are per connection.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(url: str, base_dir: Path = Path("."), *, pool_size: int = 10) -> AsyncEngine:
+    """The one engine of a postd process."""
+    full = async_url(url, base_dir)
+    if full.startswith("sqlite"):
+        engine = create_async_engine(full, poolclass=NullPool if ":memory:" in full else None)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(
+        full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    return cfg
+
+
+def _upgrade(conn: Connection) -> None:
+    cfg = _alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+
+
+def _revisions(conn: Connection) -> tuple[str | None, str | None]:
+    current = MigrationContext.configure(conn).get_current_revision()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return current, head
+
+
+async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """Upgrade the schema to head; returns (revision before, head)."""
+    async with engine.connect() as conn:
+        before, _ = await conn.run_sync(_revisions)
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+    async with engine.connect() as conn:
+        _, head = await conn.run_sync(_revisions)
+    return before, head
+
+
+async def require_migrated(engine: AsyncEngine) -> None:
+    """Raise NotMigratedError unless the schema is at the code's head revision."""
+    async with engine.connect() as conn:
+        current, head = await conn.run_sync(_revisions)
+    if current != head:
+        where = "not initialised" if current is None else f"at revision {current}"
+        raise NotMigratedError(
+            f"database is {where}, this postd needs revision {head}: run `postd migrate` first"
+        )
+
+
+class InstanceLock:
+    """An exclusive lock file beside a SQLite database: one daemon per SQLite file.
+
+    SQLite is the single-instance backend (scale out on PostgreSQL), so while this lock is held
+    every lease in the database belongs to a dead process and can be reconciled at once.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise InstanceLockError(
+                f"another postd is running on this SQLite database (lock {self.path})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

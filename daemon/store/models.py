@@ -1,0 +1,168 @@
+"""SQLAlchemy 2 models: the posts table *is* the job store (SPEC §2).
+
+One schema for SQLite and PostgreSQL. Every timestamp is timezone-aware UTC on the Python side
+(:class:`UTCDateTime`). Later issues add tokens, media and webhooks in their own migrations.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID = String(24)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC; always returns timezone-aware UTC datetimes (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    firstname: Mapped[str | None] = mapped_column(String(200))
+    lastname: Mapped[str | None] = mapped_column(String(200))
+    tier: Mapped[str] = mapped_column(String(16), default="free")
+    created_at: Mapped[datetime]
+
+
+class Brand(Base):
+    __tablename__ = "brands"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    logo: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class Page(Base):
+    __tablename__ = "pages"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    brand_id: Mapped[str] = mapped_column(ForeignKey("brands.id"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    username: Mapped[str | None] = mapped_column(String(200))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    followers: Mapped[int] = mapped_column(Integer, default=0)
+    profile_picture: Mapped[str | None] = mapped_column(Text)
+    # "active" | "needs_reauth"
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    credentials: Mapped[bytes | None] = mapped_column(LargeBinary)  # Fernet token, never plain
+    created_at: Mapped[datetime]
+
+
+class Post(Base):
+    __tablename__ = "posts"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    page_id: Mapped[str] = mapped_column(ForeignKey("pages.id"))
+    # Denormalised from the page so claiming and guardrail counts need no join.
+    brand_id: Mapped[str] = mapped_column(ID)
+    platform: Mapped[str] = mapped_column(String(32))
+    # scheduled | publishing | published | failed | cancelled
+    state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    first_comment: Mapped[str | None] = mapped_column(Text)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    scheduled_at: Mapped[datetime]
+    not_before: Mapped[datetime | None]
+    # max(scheduled_at, not_before): what the dispatcher orders and wakes on.
+    due_at: Mapped[datetime]
+    defer_reason: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When postd first called the platform for it: the retry deadline counts from here, so time
+    # spent deferred by guardrails does not eat into it.
+    first_attempt_at: Mapped[datetime | None]
+    # The instant this post counts at in the guardrail windows (claim time while in flight or in
+    # doubt, the platform's publish time once published); NULL when it does not count.
+    counted_at: Mapped[datetime | None]
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    permalink: Mapped[str | None] = mapped_column(Text)
+    published_at: Mapped[datetime | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    first_comment_status: Mapped[str | None] = mapped_column(String(32))
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_posts_state_due", "state", "due_at"),
+        Index("ix_posts_state_lease", "state", "lease_expires_at"),
+        Index("ix_posts_page_counted", "page_id", "counted_at"),
+        Index("ix_posts_brand_counted", "brand_id", "counted_at"),
+        Index("ix_posts_page_state", "page_id", "state"),
+    )
+
+
+class PublishAttempt(Base):
+    __tablename__ = "publish_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    post_id: Mapped[str] = mapped_column(ForeignKey("posts.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    instance: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    # started | published | retry | deferred | failed | in_doubt | released | reconciled_* ...
+    outcome: Mapped[str] = mapped_column(String(32))
+    error_class: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    excerpt: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    post_id: Mapped[str | None] = mapped_column(ID, index=True)
+    user_id: Mapped[str | None] = mapped_column(ID)
+    brand_id: Mapped[str | None] = mapped_column(ID)
+    created_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
