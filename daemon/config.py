@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from daemon.errors import ConfigError
 
@@ -128,19 +135,15 @@ class GuardrailSettings(BaseModel):
     bluesky: PageLimits = PageLimits(per_hour=10, per_24h=50)
     sandbox: PageLimits = PageLimits(per_hour=10, per_24h=40)
 
-    @model_validator(mode="after")
-    def _under_ceilings(self) -> GuardrailSettings:
-        for platform, (hour_cap, day_cap) in CEILING_PAGE_LIMITS.items():
-            limits: PageLimits = getattr(self, platform)
-            if limits.per_hour > hour_cap:
-                raise ValueError(
-                    f"{platform}.per_hour: {limits.per_hour} exceeds the hard ceiling {hour_cap}"
-                )
-            if limits.per_24h > day_cap:
-                raise ValueError(
-                    f"{platform}.per_24h: {limits.per_24h} exceeds the hard ceiling {day_cap}"
-                )
-        return self
+    @field_validator(*CEILING_PAGE_LIMITS)
+    @classmethod
+    def _under_ceiling(cls, limits: PageLimits, info: ValidationInfo) -> PageLimits:
+        hour_cap, day_cap = CEILING_PAGE_LIMITS[str(info.field_name)]
+        if limits.per_hour > hour_cap:
+            raise ValueError(f"per_hour {limits.per_hour} exceeds the hard ceiling {hour_cap}")
+        if limits.per_24h > day_cap:
+            raise ValueError(f"per_24h {limits.per_24h} exceeds the hard ceiling {day_cap}")
+        return limits
 
     def for_platform(self, platform: str) -> PageLimits:
         limits: PageLimits = getattr(self, platform)

@@ -16,6 +16,15 @@ import pytest
 from daemon import config
 from daemon.clock import FakeClock
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Quiet structlog in tests (warnings and errors only), in the same JSON format as prod."""
+    from daemon import logs
+    from daemon.config import LoggingSettings
+
+    logs.configure(LoggingSettings(level="warning", format="json"))
+
+
 PG_URL = os.environ.get("POSTD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

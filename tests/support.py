@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from daemon import guardrails, services
-from daemon.store.models import OutboxEvent, Post
+from daemon.store.models import OutboxEvent, Post, PublishAttempt
 
 
 @dataclass
@@ -107,3 +107,9 @@ def audit_platform(
     for instants in by_brand.values():
         found += guardrails.check_brand_sequence(sorted(instants), limits.brand_per_24h)
     return found
+
+
+async def attempt_owners(app: Any) -> Counter[str]:
+    """How many attempts each instance made."""
+    async with app.sessions() as session:
+        return Counter(await session.scalars(select(PublishAttempt.instance)))

@@ -34,14 +34,22 @@ state_path = "{sandbox}"
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing postd.toml.")
 def init(directory: str, force: bool) -> None:
-    """Write DIR/postd.toml (SQLite in DIR/postd.db, sandbox platform) and migrate."""
+    """Write DIR/postd.toml (SQLite in DIR/postd.db, sandbox platform) and migrate.
+
+    An existing DIR/postd.toml is kept (and its database migrated) unless --force is given."""
     target = Path(directory).expanduser().resolve()
     target.mkdir(parents=True, exist_ok=True)
     path = target / "postd.toml"
     if path.exists() and not force:
-        fail(f"error: {path} exists already (use --force to overwrite)")
-    path.write_text(INIT_TEMPLATE.format(db=target / "postd.db", sandbox=target / "sandbox.db"))
-    settings = config.load(path)
+        click.echo(f"postd: keeping the existing {path}", err=True)
+    else:
+        path.write_text(
+            INIT_TEMPLATE.format(db=target / "postd.db", sandbox=target / "sandbox.db")
+        )
+    try:
+        settings = config.load(path)
+    except config.ConfigError as exc:
+        fail(f"config error: {exc}", 2)
     asyncio.run(_migrate(settings))
     click.echo(str(path))
 

@@ -8,8 +8,10 @@ uses psycopg 3 and ``FOR UPDATE SKIP LOCKED`` for claims (see :mod:`daemon.store
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import sqlite3
 from pathlib import Path
 from typing import IO, Any
 
@@ -98,6 +100,18 @@ def _revisions(conn: Connection) -> tuple[str | None, str | None]:
     return current, head
 
 
+def _sqlite_revision(path: Path) -> str | None:
+    # Read-only, through the stdlib: checking must not create the file or switch it to WAL.
+    if not path.exists():
+        raise NotMigratedError(f"database file {path} does not exist: run `postd migrate` first")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else str(row[0])
+
+
 async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
     """Upgrade the schema to head; returns (revision before, head)."""
     async with engine.connect() as conn:
@@ -110,9 +124,16 @@ async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
 
 
 async def require_migrated(engine: AsyncEngine) -> None:
-    """Raise NotMigratedError unless the schema is at the code's head revision."""
-    async with engine.connect() as conn:
-        current, head = await conn.run_sync(_revisions)
+    """Raise NotMigratedError unless the schema is at the code's head revision.
+
+    A SQLite file that does not exist is not created by this check."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        current = _sqlite_revision(Path(database))
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    else:
+        async with engine.connect() as conn:
+            current, head = await conn.run_sync(_revisions)
     if current != head:
         where = "not initialised" if current is None else f"at revision {current}"
         raise NotMigratedError(
