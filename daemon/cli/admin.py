@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from daemon import clock as clock_mod
 from daemon import config, logs, services
 from daemon.cli._base import Context, echo_json, fail, main, pass_ctx
-from daemon.errors import PostdError
+from daemon.errors import ConfigError, PostdError
 from daemon.store import db
 
 INIT_TEMPLATE = """\
@@ -48,7 +48,7 @@ def init(directory: str, force: bool) -> None:
         )
     try:
         settings = config.load(path)
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         fail(f"config error: {exc}", 2)
     asyncio.run(_migrate(settings))
     click.echo(str(path))
