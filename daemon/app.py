@@ -28,7 +28,7 @@ from daemon.dispatch.dispatcher import Dispatcher
 from daemon.dispatch.pipeline import Pipeline
 from daemon.errors import PostdError
 from daemon.metrics import Metrics
-from daemon.store import db
+from daemon.store import db, notify
 
 log = structlog.get_logger("postd")
 DUE_JOB = "dispatch-due"
@@ -199,6 +199,10 @@ class App:
             asyncio.create_task(self.dispatcher.pump(), name="postd-pump"),
             asyncio.create_task(self._server.serve(sockets=[sock]), name="postd-http"),
         ]
+        if self.engine.dialect.name == "postgresql":
+            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            listener = notify.listen(dsn, self.dispatcher.notify_due, self._stop)
+            self._tasks.append(asyncio.create_task(listener, name="postd-listen"))
         for task in self._tasks:
             task.add_done_callback(self._task_done)
         self.notifier.ready(status="dispatching")
@@ -228,7 +232,7 @@ class App:
         if self._server is not None:
             self._server.should_exit = True
         for task in self._tasks:
-            if task.get_name() == "postd-pump":
+            if task.get_name() in ("postd-pump", "postd-listen"):
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.close()

@@ -19,6 +19,7 @@ from daemon import config as config_mod
 from daemon import ids, lifecycle
 from daemon.dispatch import transitions
 from daemon.errors import InputError, NotFoundError
+from daemon.store import notify
 from daemon.store.models import Brand, OutboxEvent, Page, Post, PublishAttempt, User
 from daemon.timefmt import aware, iso
 
@@ -179,6 +180,7 @@ async def schedule_post(
         updated_at=now,
     )
     session.add(post)
+    await notify.due(session, at)
     return post
 
 

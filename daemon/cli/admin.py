@@ -43,9 +43,7 @@ def init(directory: str, force: bool) -> None:
     if path.exists() and not force:
         click.echo(f"postd: keeping the existing {path}", err=True)
     else:
-        path.write_text(
-            INIT_TEMPLATE.format(db=target / "postd.db", sandbox=target / "sandbox.db")
-        )
+        path.write_text(INIT_TEMPLATE.format(db=target / "postd.db", sandbox=target / "sandbox.db"))
     try:
         settings = config.load(path)
     except ConfigError as exc:
