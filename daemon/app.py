@@ -94,6 +94,7 @@ class App:
             sleep or asyncio.sleep,
             in_doubt=settings.publish.in_doubt,
             rng=rng,
+            timeout=settings.dispatch.publish_timeout_seconds,
         )
         self.dispatcher = Dispatcher(
             sessions=self.sessions,
@@ -189,6 +190,14 @@ class App:
             seconds=self.settings.scheduling.sweep_seconds,
             id="sweep",
             next_run_time=self.clock.now(),
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.dispatcher.renew_leases,
+            "interval",
+            seconds=max(self.settings.scheduling.lease_seconds / 3, 0.1),
+            id="lease-heartbeat",
             max_instances=1,
             coalesce=True,
         )

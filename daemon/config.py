@@ -112,6 +112,7 @@ class DispatchSettings(_Section):
     batch_size: int = Field(default=200, ge=1, le=5000)
     concurrency: int = Field(default=32, ge=1, le=1024)
     shutdown_grace_seconds: float = Field(default=20, ge=0)
+    publish_timeout_seconds: float = Field(default=600, gt=0)
     instance_id: str = ""
 
 

@@ -145,6 +145,24 @@ class Dispatcher:
             )
         log.warning("leases_released", count=len(post_ids))
 
+    async def renew_leases(self) -> int:
+        """Extend the leases of this process's in-flight posts (no query when there are none),
+        so a slow publish is never taken for an abandoned one."""
+        if not self._in_flight:
+            return 0
+        until = self._clock.now() + timedelta(seconds=self._settings.scheduling.lease_seconds)
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(Post)
+                .where(
+                    Post.id.in_(list(self._in_flight)),
+                    Post.lease_owner == self.owner,
+                    Post.state == lifecycle.PUBLISHING,
+                )
+                .values(lease_expires_at=until)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
@@ -256,6 +274,8 @@ class Dispatcher:
                 .order_by(Post.lease_expires_at)
                 .limit(limit)
             )
+            if self._in_flight:  # never take over what this process is still publishing
+                stmt = stmt.where(Post.id.not_in(list(self._in_flight)))
             if self._postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             posts = list(await session.scalars(stmt))
@@ -329,12 +349,13 @@ class Dispatcher:
             outcome = await self._pipeline.publish(item)
             self._observe(item, outcome)
         try:
-            await self._finisher.submit(outcome)
+            applied = await self._finisher.submit(outcome)
         except Exception:
             # Not lost: the post stays publishing under our lease; reconciliation resolves it.
             log.error("outcome_not_recorded", post_id=item.post_id, outcome=outcome.kind)
             return
-        _log_outcome(item, outcome)
+        if applied:
+            _log_outcome(item, outcome)
 
     def _observe(self, item: ClaimedPost, outcome: Outcome) -> None:
         started = outcome.started_at or item.attempt_started_at
@@ -348,6 +369,10 @@ class Dispatcher:
 
     # -- tests and tools ----------------------------------------------------------------------
 
+    async def wait_in_flight(self) -> None:
+        """Wait for the publishes and reconciliations under way now."""
+        await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
     async def drain(self) -> Wake:
         """Run passes and wait for every worker until nothing more can start *now*.
 
@@ -356,7 +381,7 @@ class Dispatcher:
         while True:
             result = await self.pass_once()
             if self._in_flight:
-                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+                await self.wait_in_flight()
                 continue
             if not (result.claimed or result.reconciling):
                 return await self.next_wake()

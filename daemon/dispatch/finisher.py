@@ -30,14 +30,15 @@ class Finisher:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], owner: str) -> None:
         self._sessions = sessions
         self._owner = owner
-        self._queue: asyncio.Queue[tuple[Outcome, asyncio.Future[None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Outcome, asyncio.Future[bool]]] = asyncio.Queue()
         self.committed = 0
 
-    async def submit(self, outcome: Outcome) -> None:
-        """Return once the outcome is committed (raises if the commit failed)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, outcome: Outcome) -> bool:
+        """Return once the outcome is committed: True if it was applied, False if its claim had
+        been superseded (raises if the commit failed)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put((outcome, future))
-        await future
+        return await future
 
     async def run(self) -> None:
         """Owned by the dispatcher: commit groups until cancelled."""
@@ -47,7 +48,7 @@ class Finisher:
                 group.append(self._queue.get_nowait())
             await self.flush(group)
 
-    async def flush(self, group: Sequence[tuple[Outcome, asyncio.Future[None]]]) -> None:
+    async def flush(self, group: Sequence[tuple[Outcome, asyncio.Future[bool]]]) -> None:
         outcomes = [outcome for outcome, _ in group]
         try:
             lost = await self._write(outcomes)
@@ -60,14 +61,16 @@ class Finisher:
         self.committed += len(group)
         for outcome in lost:
             log.warning(
-                "lease_lost",
+                "claim_superseded",
                 post_id=outcome.claimed.post_id,
                 outcome=outcome.kind,
-                detail="another instance took the post over; its state was left to it",
+                remote_id=outcome.published.remote_id if outcome.published else None,
+                detail="the post was reconciled and claimed again meanwhile; outcome not applied",
             )
-        for _, future in group:
+        lost_ids = {id(o) for o in lost}
+        for outcome, future in group:
             if not future.done():
-                future.set_result(None)
+                future.set_result(id(outcome) not in lost_ids)
 
     async def _write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         ids = sorted({o.claimed.post_id for o in outcomes})

@@ -8,6 +8,7 @@ outcome of the final publish call is never retried: it becomes ``in_doubt`` and
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -37,7 +38,9 @@ class Pipeline:
         *,
         in_doubt: str = "fail",
         rng: random.Random | None = None,
+        timeout: float | None = None,
     ) -> None:
+        self._timeout = timeout
         self._adapters = adapters
         self._policy = policy
         self._clock = clock
@@ -91,7 +94,12 @@ class Pipeline:
             retry=should_retry, wait=wait, sleep=self._sleep, reraise=True
         )
         try:
-            published: base.Published = await retrying(call)
+            async with asyncio.timeout(self._timeout):
+                published: base.Published = await retrying(call)
+        except TimeoutError:
+            out = Outcome("in_doubt", claimed, self._clock.now(), "in_doubt", keep_counted=True)
+            out.error_class, out.code = "ambiguous", "PUBLISH_TIMEOUT"
+            out.message = f"no answer within {self._timeout} s: reconciling with the platform"
         except Exception as exc:  # every error is classified below; none escapes a worker
             out = self._failure(claimed, exc, decision[-1] if decision else None)
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import base
@@ -170,9 +170,16 @@ def record_attempts(
 async def apply(
     session: AsyncSession, posts: dict[str, Post], outcomes: Sequence[Outcome], owner: str
 ) -> list[Outcome]:
-    """Apply finished publishes. Outcomes whose lease this instance no longer holds are skipped
-    (another instance reconciled the post) and returned so the caller can log them."""
+    """Apply finished publishes. An outcome applies only to the claim it came from: the post is
+    still publishing under this instance's lease *and* its latest attempt is the outcome's. Others
+    (the post was reconciled and claimed again meanwhile) are skipped and returned."""
     attempt_ids = [o.claimed.attempt_id for o in outcomes]
+    latest_stmt = (
+        select(PublishAttempt.post_id, func.max(PublishAttempt.id))
+        .where(PublishAttempt.post_id.in_(sorted(posts)))
+        .group_by(PublishAttempt.post_id)
+    )
+    latest: dict[str, int] = {pid: aid for pid, aid in await session.execute(latest_stmt)}
     attempts = {
         a.id: a
         for a in await session.scalars(
@@ -182,7 +189,12 @@ async def apply(
     lost: list[Outcome] = []
     for outcome in outcomes:
         post = posts.get(outcome.claimed.post_id)
-        if post is None or post.state != lifecycle.PUBLISHING or post.lease_owner != owner:
+        if (
+            post is None
+            or post.state != lifecycle.PUBLISHING
+            or post.lease_owner != owner
+            or latest.get(post.id) != outcome.claimed.attempt_id
+        ):
             lost.append(outcome)
             continue
         record_attempts(session, post, attempts.get(outcome.claimed.attempt_id), outcome, owner)

@@ -6,6 +6,7 @@ tests can assert what the "platform" really holds afterwards.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Set as AbstractSet
 from datetime import datetime
@@ -19,6 +20,7 @@ PUBLISH = "publish"  # the platform accepts it
 AMBIGUOUS_AFTER = "ambiguous_after"  # recorded at the platform, then the answer is lost (502)
 AMBIGUOUS_BEFORE = "ambiguous_before"  # the answer is lost and the platform has nothing
 HANG = "hang"  # never answers (until cancelled): a publish in flight at shutdown
+GATED = "gated"  # publishes once the test opens ``adapter.gate``: a slow publish
 
 
 class ScriptedAdapter(sandbox.SandboxAdapter):
@@ -28,6 +30,7 @@ class ScriptedAdapter(sandbox.SandboxAdapter):
         self.calls = 0
         self.find_mode = "platform"  # | "unsupported" | "error"
         self.reported = base.PlatformLimits()
+        self.gate = asyncio.Event()
 
     async def publish(self, post: base.PostPayload) -> base.Published:
         self.calls += 1
@@ -40,9 +43,9 @@ class ScriptedAdapter(sandbox.SandboxAdapter):
         if step == AMBIGUOUS_BEFORE:
             raise base.AmbiguousError("read timeout", code="READ_TIMEOUT")
         if step == HANG:
-            import asyncio
-
             await asyncio.Event().wait()
+        if step == GATED:
+            await self.gate.wait()
         return await super().publish(post)
 
     async def find_published(

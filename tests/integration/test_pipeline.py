@@ -12,15 +12,24 @@ import pytest
 from adapters import base
 from daemon import services
 from tests.conftest import make_settings
-from tests.fakes.scripted import AMBIGUOUS_AFTER, AMBIGUOUS_BEFORE, HANG, ScriptedAdapter
+from tests.fakes.scripted import (
+    AMBIGUOUS_AFTER,
+    AMBIGUOUS_BEFORE,
+    GATED,
+    HANG,
+    ScriptedAdapter,
+)
 from tests.support import run_until_idle, seed, terminal_events
 
 Fault = base.RetryableError
 
 
-async def make(tmp_path: Path, app_factory: Any, script: list[Any], **sections: Any) -> Any:
+async def make(
+    tmp_path: Path, app_factory: Any, script: list[Any], db_url: str = "", **sections: Any
+) -> Any:
     sections.setdefault("retry", {}).setdefault("inline_max_wait_seconds", 10)
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'postd.db'}", **sections)
+    url = db_url or f"sqlite:///{tmp_path / 'postd.db'}"
+    settings = make_settings(tmp_path, url, **sections)
     adapter = ScriptedAdapter(tmp_path / "platform.db", None, script)
     app = await app_factory(settings, adapters={"sandbox": adapter})
     adapter._clock = app.clock
@@ -255,3 +264,92 @@ async def test_platform_reported_limits_tighten_the_config(
     app.adapters["sandbox"].reported = base.PlatformLimits(per_hour=2, per_24h=None)
     limits = app.dispatcher.limits_for("sandbox")
     assert (limits.page.per_hour, limits.page.per_24h) == (2, 40)
+
+
+async def test_slow_publish_is_not_taken_over_by_its_own_process(
+    tmp_path: Path, app_factory: Any
+) -> None:
+    """A publish outliving its lease is neither reaped by its own process nor sent twice."""
+    app = await make(tmp_path, app_factory, [GATED], scheduling={"lease_seconds": 30})
+    adapter = app.adapters["sandbox"]
+    post_id = await one_post(app)
+    app.clock.advance(timedelta(minutes=15))
+    assert (await app.dispatcher.pass_once()).claimed == 1
+    app.clock.advance(120)  # the lease has expired; the call is still running
+    assert (await app.dispatcher.pass_once()).reconciling == 0
+    adapter.gate.set()
+    await run_until_idle(app)
+    post = await record(app, post_id)
+    assert post["status"] == "published" and adapter.calls == 1
+    assert len(adapter.published_records()) == 1
+    assert outcomes(post) == ["published"]
+
+
+async def test_lease_heartbeat_extends_in_flight_leases_only(
+    tmp_path: Path, app_factory: Any
+) -> None:
+    """renew_leases pushes in-flight leases forward and makes no query when nothing is in flight."""
+    app = await make(tmp_path, app_factory, [GATED], scheduling={"lease_seconds": 30})
+    assert await app.dispatcher.renew_leases() == 0
+    post_id = await one_post(app)
+    app.clock.advance(timedelta(minutes=15))
+    await app.dispatcher.pass_once()
+    app.clock.advance(20)
+    assert await app.dispatcher.renew_leases() == 1
+    async with app.sessions() as session:
+        from daemon.store.models import Post
+
+        post = await session.get(Post, post_id)
+        assert post is not None and post.lease_expires_at == app.clock.now() + timedelta(seconds=30)
+    app.adapters["sandbox"].gate.set()
+    await run_until_idle(app)
+
+
+@pytest.mark.postgres
+async def test_superseded_outcome_is_not_applied(
+    tmp_path: Path, pg_database: str, app_factory: Any, clock: Any
+) -> None:
+    """Two processes with one instance id (PostgreSQL; SQLite allows one daemon per file): the
+    older claim's late outcome does not overwrite the newer claim's state or attempt log."""
+    first = await make(
+        tmp_path,
+        app_factory,
+        [GATED],
+        pg_database,
+        scheduling={"lease_seconds": 30},
+        dispatch={"instance_id": "node-1"},
+    )
+    post_id = await one_post(first)
+    clock.advance(timedelta(minutes=15))
+    await first.dispatcher.pass_once()
+    clock.advance(60)  # first's lease expired while its call hangs
+    second_adapter = ScriptedAdapter(tmp_path / "platform.db", clock, [GATED])
+    second = await app_factory(
+        first.settings, adapters={"sandbox": second_adapter}, owner=first.dispatcher.owner
+    )
+    assert (await second.dispatcher.pass_once()).reconciling == 1
+    await second.dispatcher.wait_in_flight()  # absent on the platform -> rescheduled
+    assert (await second.dispatcher.pass_once()).claimed == 1  # claimed again, call hangs
+    first.adapters["sandbox"].gate.set()
+    await first.dispatcher.drain()  # the first call lands now: its outcome is superseded
+    post = await record(first, post_id)
+    assert post["status"] == "publishing"
+    second_adapter.gate.set()
+    await run_until_idle(second)
+    post = await record(second, post_id)
+    assert post["status"] == "published"
+    assert outcomes(post) == ["started>reconciled_absent", "published"]
+    assert dict(await terminal_events(second)) == {post_id: 1}
+
+
+async def test_publish_timeout_goes_in_doubt_and_reconciles(
+    tmp_path: Path, app_factory: Any
+) -> None:
+    """A publish that never answers within publish_timeout_seconds is reconciled, not lost."""
+    app = await make(tmp_path, app_factory, [HANG], dispatch={"publish_timeout_seconds": 0.05})
+    post_id = await one_post(app)
+    await run_until_idle(app)
+    post = await record(app, post_id)
+    assert post["status"] == "published" and app.adapters["sandbox"].calls == 2
+    assert outcomes(post) == ["in_doubt>reconciled_absent", "published"]
+    assert post["attempts"][0]["error_code"] == "PUBLISH_TIMEOUT"
