@@ -148,6 +148,8 @@ class App:
         """The safety sweep: one query; proves the dispatcher alive to systemd and /readyz."""
         try:
             wake = await self.dispatcher.next_wake()
+        except asyncio.CancelledError:
+            return  # shutting down mid-sweep: it only read
         except Exception as exc:
             log.error("sweep_failed", error=str(exc))
             return
@@ -233,6 +235,7 @@ class App:
         self._stop.set()
 
     async def stop(self) -> None:
+        self._stop.set()  # tasks ending from here on are expected to
         self.notifier.stopping()
         log.info("postd_stopping")
         if self.scheduler is not None and self.scheduler.running:

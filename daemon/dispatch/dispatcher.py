@@ -27,6 +27,7 @@ from daemon.dispatch.finisher import Finisher
 from daemon.dispatch.outcomes import ClaimedPost, Outcome
 from daemon.dispatch.pipeline import Pipeline
 from daemon.metrics import Metrics
+from daemon.store import db
 from daemon.store.models import Post, PublishAttempt
 
 log = structlog.get_logger("postd.dispatch")
@@ -201,8 +202,10 @@ class Dispatcher:
             .where(Post.state == lifecycle.PUBLISHING)
             .scalar_subquery()
         )
-        async with self._sessions() as session:
-            row = (await session.execute(select(due, lease))).one()
+        engine = self._sessions.kw["bind"]
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**db.single_read_options(engine))
+            row = (await conn.execute(select(due, lease))).one()
         self.last_tick = self._clock.now()
         return Wake(timefmt.aware(row[0]), timefmt.aware(row[1]))
 

@@ -58,7 +58,21 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(NO_BEGIN):
+        return  # a single read statement: SQLite runs it in its own implicit transaction
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+NO_BEGIN = "postd_single_read"
+
+
+def single_read_options(engine: AsyncEngine) -> dict[str, Any]:
+    """Execution options for one read-only statement with no transaction around it: no BEGIN on
+    SQLite (so no write lock), autocommit on PostgreSQL (no BEGIN/ROLLBACK round trips). This is
+    what keeps an idle daemon at one statement per sweep."""
+    if engine.dialect.name == "sqlite":
+        return {NO_BEGIN: True}
+    return {"isolation_level": "AUTOCOMMIT"}
 
 
 def create_engine(url: str, base_dir: Path = Path("."), *, pool_size: int = 10) -> AsyncEngine:
@@ -69,9 +83,9 @@ def create_engine(url: str, base_dir: Path = Path("."), *, pool_size: int = 10) 
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(
-        full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-    )
+    # No pre-ping: it is a round trip per checkout. A connection that died with the server fails
+    # one statement, is invalidated by the pool, and the next attempt reconnects.
+    return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
