@@ -115,6 +115,7 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: _Server | None = None
         self._stop = asyncio.Event()
+        self._sweep_requested: asyncio.Task[None] | None = None
 
     # -- state for /readyz --------------------------------------------------------------------
 
@@ -156,6 +157,11 @@ class App:
         self.metrics.ticks.inc()
         self.notifier.watchdog()
         self.dispatcher.on_sweep(wake)
+
+    def request_sweep(self) -> None:
+        """Run a sweep soon (coalesced: at most one waiting)."""
+        if self._sweep_requested is None or self._sweep_requested.done():
+            self._sweep_requested = asyncio.get_running_loop().create_task(self.sweep())
 
     # -- start / stop -------------------------------------------------------------------------
 

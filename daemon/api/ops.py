@@ -55,6 +55,14 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
+@router.post("/wake", status_code=202)
+async def wake(request: Request) -> dict[str, str]:
+    """Ask for a sweep now (the CLI calls this after writing a post on SQLite, where there is no
+    LISTEN/NOTIFY). It costs one query and changes nothing, so it needs no authentication."""
+    _app(request).request_sweep()
+    return {"status": "accepted"}
+
+
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     app = _app(request)

@@ -93,6 +93,11 @@ def check_config(ctx: Context) -> None:
     click.echo(asyncio.run(probe()))
     if settings.guardrails.min_gap_seconds < 60:
         click.echo("warning: guardrails.min_gap_seconds is below the recommended 60 s")
+    if settings.scheduling.min_lead_seconds < settings.scheduling.sweep_seconds:
+        click.echo(
+            "warning: scheduling.min_lead_seconds is shorter than sweep_seconds: a post written"
+            " while no daemon can be told may start up to one sweep late"
+        )
 
 
 @main.command()

@@ -90,3 +90,27 @@ async def test_metrics_expose_states_latency_lateness_deferrals_errors(
     assert "postd_publish_duration_seconds_count" in text
     assert "postd_publish_lateness_seconds_bucket" in text
     assert 'postd_adapter_errors_total{error_class="retryable",platform="sandbox"}' in text
+
+
+async def test_wake_runs_a_sweep_that_finds_a_due_post(tmp_path: Path, app_factory: Any) -> None:
+    """POST /wake (what the CLI sends on SQLite) sweeps now: a due post wakes the dispatcher."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}")
+    app = await app_factory(settings)
+    await seed(
+        app,
+        brands=1,
+        pages_per_brand=1,
+        posts_per_page=1,
+        start=app.clock.now() + timedelta(minutes=1),
+        spread_seconds=0,
+    )
+    woken: list[bool] = []
+    app.dispatcher.wake = lambda: woken.append(True)
+    async with client(app) as http:
+        assert (await http.post("/wake")).status_code == 202
+        await app._sweep_requested
+        assert woken == [] and app.dispatcher.last_tick == app.clock.now()
+        app.clock.advance(61)
+        assert (await http.post("/wake")).status_code == 202
+        await app._sweep_requested
+    assert woken == [True]
