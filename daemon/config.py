@@ -173,6 +173,78 @@ class SandboxSettings(_Section):
     seed: int | None = None
 
 
+class ApiSettings(_Section):
+    # Proxies whose X-Forwarded-For is believed (IPs or CIDRs); others' is ignored.
+    trusted_proxies: tuple[str, ...] = ()
+    # Where SANDBOX_EXHAUSTED points users.
+    upgrade_url: str = "https://postd.invalid/upgrade"
+    audit_retention_days: int = Field(default=30, ge=1)
+    idempotency_hours: float = Field(default=24, gt=0)
+
+
+class TierLimits(_Section):
+    publishes: int = Field(ge=0)
+    replies: int = Field(ge=0)
+    reads: int = Field(ge=0)
+    webhooks: int = Field(ge=0)
+    per_minute: int = Field(ge=1)
+    per_day: int = Field(ge=1)
+    storage_bytes: int = Field(ge=0)
+    max_file_bytes: int = Field(ge=0)
+    active_keys: int = Field(ge=1)
+
+
+_MB = 1024 * 1024
+
+
+class TierSettings(_Section):
+    """The API document's tier table (per_day is postd's: the document shows 90,000 for pro)."""
+
+    free: TierLimits = TierLimits(
+        publishes=60,
+        replies=200,
+        reads=10_000,
+        webhooks=2_000,
+        per_minute=10,
+        per_day=15_000,
+        storage_bytes=100 * _MB,
+        max_file_bytes=25 * _MB,
+        active_keys=10,
+    )
+    pro: TierLimits = TierLimits(
+        publishes=500,
+        replies=3_000,
+        reads=100_000,
+        webhooks=50_000,
+        per_minute=60,
+        per_day=90_000,
+        storage_bytes=1024 * _MB,
+        max_file_bytes=100 * _MB,
+        active_keys=10,
+    )
+    elite: TierLimits = TierLimits(
+        publishes=3_000,
+        replies=20_000,
+        reads=1_000_000,
+        webhooks=500_000,
+        per_minute=300,
+        per_day=450_000,
+        storage_bytes=5 * 1024 * _MB,
+        max_file_bytes=250 * _MB,
+        active_keys=25,
+    )
+
+    def get(self, tier: str) -> TierLimits:
+        limits: TierLimits = getattr(self, tier)
+        return limits
+
+
+class SandboxTokenSettings(_Section):
+    lifetime_requests: int = Field(default=100, ge=1)
+    per_minute: int = Field(default=5, ge=1)
+    per_day: int = Field(default=50, ge=1)
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -189,6 +261,9 @@ class Settings(BaseModel):
     retry: RetrySettings = RetrySettings()
     publish: PublishSettings = PublishSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    api: ApiSettings = ApiSettings()
+    tiers: TierSettings = TierSettings()
+    sandbox_tokens: SandboxTokenSettings = SandboxTokenSettings()
     logging: LoggingSettings = LoggingSettings()
     # Directory that relative paths in the file are resolved against (the file's own directory).
     base_dir: Path = Field(default=Path("."), exclude=True)

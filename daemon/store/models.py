@@ -166,3 +166,109 @@ class OutboxEvent(Base):
     brand_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime]
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# -- API (issue 3): tokens, collaborators, audit, usage, idempotency --------------------------
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # "live" | "sandbox"
+    kind: Mapped[str] = mapped_column(String(16), default="live")
+    # What the API shows of the token (e.g. "outreply_live_ab12c"); never enough to use it.
+    prefix: Mapped[str] = mapped_column(String(40))
+    # SHA-256 hex of the whole token: tokens are never stored, only looked up by hash.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    brand_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    ip_allowlist: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoke_reason: Mapped[str | None] = mapped_column(String(64))
+    issued_by_collaborator_id: Mapped[str | None] = mapped_column(ID)
+    on_behalf_of_brand_id: Mapped[str | None] = mapped_column(ID)
+    created_at: Mapped[datetime]
+    rotated_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    request_count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Collaborator(Base):
+    __tablename__ = "collaborators"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    brand_id: Mapped[str] = mapped_column(ForeignKey("brands.id"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    # "full" | "limited"
+    access: Mapped[str] = mapped_column(String(16), default="full")
+    created_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ux_collaborators_brand_user", "brand_id", "user_id", unique=True),)
+
+
+class AuditEntry(Base):
+    """One authenticated API request (kept 30 days)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    token_id: Mapped[str | None] = mapped_column(ID, index=True)
+    user_id: Mapped[str | None] = mapped_column(ID)
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    scope_denied: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class BrandAuditEntry(Base):
+    """Token create / revoke / rotate on a brand, for its owners' timeline."""
+
+    __tablename__ = "brand_audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    brand_id: Mapped[str] = mapped_column(ID, index=True)
+    actor_user_id: Mapped[str | None] = mapped_column(ID)
+    collaborator_id: Mapped[str | None] = mapped_column(ID)
+    action: Mapped[str] = mapped_column(String(32))
+    token_id: Mapped[str | None] = mapped_column(ID)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime]
+
+
+class UsageCounter(Base):
+    """Atomic counters (INSERT ... ON CONFLICT DO UPDATE), correct across instances: monthly
+    buckets (period "2026-05"), burst minutes ("m:2026-05-01T10:07"), days ("d:2026-05-01")."""
+
+    __tablename__ = "usage_counters"
+
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)  # user or token id
+    bucket: Mapped[str] = mapped_column(String(32), primary_key=True)
+    period: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    flagged: Mapped[int] = mapped_column(Integer, default=0)  # e.g. 80 % warning already sent
+
+
+class IdempotencyKey(Base):
+    """Stripe-style idempotency: per token, 24 h; the stored response is replayed."""
+
+    __tablename__ = "idempotency_keys"
+
+    token_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    # NULL while the first request is still executing.
+    status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    response_headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    locked_until: Mapped[datetime | None]
