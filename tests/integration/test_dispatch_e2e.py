@@ -75,7 +75,7 @@ async def test_two_instances_on_one_postgresql_publish_1000_once_within_limits(
     second = await app_factory(settings, owner="instance-b")
     start = clock.now() + timedelta(minutes=15)
     seeded = await seed(
-        first, brands=10, pages_per_brand=10, posts_per_page=10, start=start, spread_seconds=300
+        first, brands=10, pages_per_brand=10, posts_per_page=10, start=start, spread_seconds=0
     )
     await run_pair_until_idle([first, second], clock)
 
