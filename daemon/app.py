@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from adapters import base, sandbox
 from daemon import __version__, config, systemd
 from daemon import clock as clock_mod
-from daemon.api import ops
+from daemon.api import errors as api_errors
+from daemon.api import gate, idempotency, limits, ops, v1
 from daemon.dispatch import retry
 from daemon.dispatch.dispatcher import Dispatcher
 from daemon.dispatch.pipeline import Pipeline
@@ -111,6 +112,9 @@ class App:
         self.http = FastAPI(title="postd", version=__version__, docs_url=None, redoc_url=None)
         self.http.state.postd = self
         self.http.include_router(ops.router)
+        api_errors.install(self.http)  # even App.http's own 404 speaks the catalog
+        self.api_gate = gate.ApiGate(v1.build_api(self), self)
+        self.http.mount("/api/v1", self.api_gate)
         self._lock: db.InstanceLock | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: _Server | None = None
@@ -163,6 +167,20 @@ class App:
         if self._sweep_requested is None or self._sweep_requested.done():
             self._sweep_requested = asyncio.get_running_loop().create_task(self.sweep())
 
+    async def purge(self) -> None:
+        """Daily retention clean-up: audit log, idempotency keys, old minute/day counters."""
+        now = self.clock.now()
+        api = self.settings.api
+        try:
+            async with self.sessions() as session, session.begin():
+                audit = await gate.purge_audit(session, now, api.audit_retention_days)
+                keys = await idempotency.purge(session, now, api.idempotency_hours)
+                counters = await limits.purge_counters(session, now)
+        except Exception as exc:
+            log.error("retention_failed", error=str(exc))
+            return
+        log.info("retention_done", audit=audit, idempotency_keys=keys, counters=counters)
+
     # -- start / stop -------------------------------------------------------------------------
 
     async def prepare(self) -> None:
@@ -177,7 +195,9 @@ class App:
     def _bind(self) -> socket.socket:
         server = self.settings.server
         family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for
+        # sockets that say they are TCP (else every response waits ~40 ms for a delayed ACK).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((server.host, server.port))
@@ -209,8 +229,15 @@ class App:
             max_instances=1,
             coalesce=True,
         )
+        self.scheduler.add_job(
+            self.purge, "cron", hour=3, minute=17, id="retention", max_instances=1, coalesce=True
+        )
         self.scheduler.start()
-        uv = uvicorn.Config(self.http, log_config=None, access_log=False, lifespan="off")
+        # proxy_headers off: uvicorn would otherwise let any loopback client forge its address
+        # with X-Forwarded-For; the gate honours it only from [api] trusted_proxies.
+        uv = uvicorn.Config(
+            self.http, log_config=None, access_log=False, lifespan="off", proxy_headers=False
+        )
         self._server = _Server(uv)
         self._tasks = [
             asyncio.create_task(self.dispatcher.pump(), name="postd-pump"),
@@ -257,6 +284,8 @@ class App:
         log.info("postd_stopped")
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.api_gate.aclose()  # flushes buffered audit rows
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.aclose()

@@ -404,6 +404,10 @@ def install(app: Any) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             return response(ApiError("NOT_FOUND", "No such endpoint or resource"))
+        if exc.status_code == 400:  # e.g. a body FastAPI cannot decode (not UTF-8)
+            return response(
+                ApiError("INVALID_REQUEST", f"Unreadable request: {exc.detail}", fields=[])
+            )
         if exc.status_code == 405:
             err = ApiError("INVALID_REQUEST", "Method not allowed on this endpoint", fields=[])
             return JSONResponse(err.body(), status_code=405)

@@ -10,7 +10,7 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daemon import clock as clock_mod
-from daemon import config, logs, services
+from daemon import config, logs, services, tokens
 from daemon.cli._base import Context, echo_json, fail, main, pass_ctx
 from daemon.errors import ConfigError, PostdError
 from daemon.store import db
@@ -130,16 +130,33 @@ def brand() -> None:
 
 @brand.command("add")
 @click.argument("name")
-@click.option("--owner", default=None, help="User id of the owner.")
+@click.option(
+    "--owner",
+    default=None,
+    help="User id or email of the owner (default: the only user, when there is exactly one).",
+)
 @pass_ctx
 def brand_add(ctx: Context, name: str, owner: str | None) -> None:
-    """Add a brand; prints its id."""
+    """Add a brand; prints its id. Only its owner's (and collaborators') tokens reach it."""
 
-    async def go(session: AsyncSession, _s: config.Settings) -> str:
-        made = await services.add_brand(session, name, clock_mod.SystemClock().now(), owner)
-        return made.id
+    async def go(session: AsyncSession, _s: config.Settings) -> tuple[str, int]:
+        users = await tokens.list_users(session)
+        owner_id = None
+        if owner is not None:
+            owner_id = (await tokens.find_user(session, owner)).id
+        elif len(users) == 1:
+            owner_id = users[0].id
+        made = await services.add_brand(session, name, clock_mod.SystemClock().now(), owner_id)
+        return made.id, 0 if owner_id else len(users)
 
-    click.echo(ctx.run(go))
+    brand_id, unowned_among = ctx.run(go)
+    if unowned_among:
+        click.echo(
+            f"postd: warning: brand {brand_id} has no owner, so no API token reaches it; "
+            "pass --owner (there are several users)",
+            err=True,
+        )
+    click.echo(brand_id)
 
 
 @main.group()

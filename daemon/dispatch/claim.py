@@ -11,12 +11,12 @@ flight, in doubt), so the counts hold across restarts and across instances:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daemon import guardrails, lifecycle
@@ -60,6 +60,31 @@ async def _histories(
         # Another instance's clock may run slightly ahead: count its claim as "now".
         out[key].append(min(instant, now))
     return out
+
+
+async def _brand_histories(
+    session: AsyncSession, posts: Sequence[Post], now: datetime, cap: int
+) -> dict[str, list[datetime]]:
+    """Brand histories, read only where they can matter.
+
+    The brand rule binds only when a brand's count in the last 24 h plus what this batch could
+    add reaches the cap. For every other brand an empty history gives the same decisions (no
+    brand-rule deferral in this batch), so one grouped COUNT replaces reading up to ``cap``
+    instants per brand on every pass.
+    """
+    batch = Counter(p.brand_id for p in posts)
+    stmt = (
+        select(Post.brand_id, func.count())
+        .where(
+            Post.brand_id.in_(sorted(batch)),
+            Post.counted_at.is_not(None),
+            Post.counted_at > now - DAY,
+        )
+        .group_by(Post.brand_id)
+    )
+    counts: dict[str, int] = {bid: n for bid, n in await session.execute(stmt)}
+    near = {bid for bid, k in batch.items() if counts.get(bid, 0) + k >= cap}
+    return await _histories(session, "brand_id", near, now) if near else {}
 
 
 async def _busy_pages(session: AsyncSession, page_ids: set[str]) -> set[str]:
@@ -108,10 +133,12 @@ async def claim(
         pages = await _lock_ids(session, Page, {p.page_id for p in posts})
         brands = await _lock_ids(session, Brand, {p.brand_id for p in posts})
         posts = [p for p in posts if p.page_id in pages and p.brand_id in brands]
+        if not posts:  # another instance holds every page or brand concerned
+            return ClaimResult([], [], 0, 0)
     page_ids = {p.page_id for p in posts}
-    brand_ids = {p.brand_id for p in posts}
     page_hist = await _histories(session, "page_id", page_ids, now)
-    brand_hist = await _histories(session, "brand_id", brand_ids, now)
+    cap = limits_for(posts[0].platform).brand_per_24h
+    brand_hist = await _brand_histories(session, posts, now, cap)
     busy = await _busy_pages(session, page_ids) if postgres else set()
     actions = plan.plan_batch(
         [_candidate(p) for p in posts], page_hist, brand_hist, busy, limits_for, now, catch_up
@@ -144,6 +171,7 @@ async def _apply(
     to_claim: list[Post] = []
     deferred: list[plan.Defer] = []
     missed = 0
+    events = transitions.Events()
     for action in actions:
         if isinstance(action, plan.Claim):
             if len(to_claim) >= limit:
@@ -153,16 +181,19 @@ async def _apply(
             transitions.defer(by_id[action.post_id], action, now)
             deferred.append(action)
         elif isinstance(action, plan.Miss):
-            await transitions.miss(session, by_id[action.post_id], action, now)
+            transitions.miss(events, by_id[action.post_id], action, now)
             missed += 1
     claimed = await _claim_posts(session, to_claim, now=now, owner=owner, lease=lease)
+    await events.write(session)
     return ClaimResult(claimed, deferred, missed, len(posts))
 
 
 async def _claim_posts(
     session: AsyncSession, posts: Sequence[Post], *, now: datetime, owner: str, lease: timedelta
 ) -> list[ClaimedPost]:
-    attempts: list[PublishAttempt] = []
+    if not posts:
+        return []
+    attempts: list[dict[str, object]] = []
     for post in posts:
         lifecycle.check(post.state, lifecycle.PUBLISHING)
         post.state = lifecycle.PUBLISHING
@@ -173,18 +204,27 @@ async def _claim_posts(
         post.first_attempt_at = post.first_attempt_at or now
         post.updated_at = now
         attempts.append(
-            PublishAttempt(
-                post_id=post.id,
-                number=post.attempts,
-                instance=owner,
-                started_at=now,
-                outcome="started",
-            )
+            {
+                "post_id": post.id,
+                "number": post.attempts,
+                "instance": owner,
+                "started_at": now,
+                "outcome": "started",
+            }
         )
-    session.add_all(attempts)
-    await session.flush()
+    await session.flush()  # the posts' new state, in one batch
+    # One multi-row insert (ids are not returned by it on every backend), then the new rows'
+    # ids: the newest attempt of each post claimed here is the one just written.
+    await session.execute(insert(PublishAttempt), attempts)
+    ids = [p.id for p in posts]
+    newest = (
+        select(PublishAttempt.post_id, func.max(PublishAttempt.id))
+        .where(PublishAttempt.post_id.in_(ids))
+        .group_by(PublishAttempt.post_id)
+    )
+    attempt_ids: dict[str, int] = {pid: aid for pid, aid in await session.execute(newest)}
     pages = await transitions.page_refs(session, {p.page_id for p in posts})
     return [
-        transitions.claimed(post, att, pages.get(post.page_id))
-        for post, att in zip(posts, attempts, strict=True)
+        transitions.claimed(post, attempt_ids[post.id], now, pages.get(post.page_id))
+        for post in posts
     ]

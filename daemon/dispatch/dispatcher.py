@@ -317,12 +317,10 @@ class Dispatcher:
                 await session.flush()
             post.lease_owner, post.lease_expires_at = self.owner, until
             exclude = await self._attributed_elsewhere(session, post)
-            items.append(
-                (
-                    transitions.claimed(post, attempt, pages.get(post.page_id), reconcile=True),
-                    exclude,
-                )
+            item = transitions.claimed(
+                post, attempt.id, attempt.started_at, pages.get(post.page_id), reconcile=True
             )
+            items.append((item, exclude))
         return items
 
     async def _attributed_elsewhere(self, session: AsyncSession, post: Post) -> frozenset[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import base
@@ -39,21 +39,42 @@ def view(post: Post) -> lifecycle.PostView:
     )
 
 
-async def emit(session: AsyncSession, post: Post, now: datetime) -> None:
-    """Write the outbox event of the post's (terminal) state."""
-    event = lifecycle.EVENT_FOR_STATE[post.state]
-    brand = await session.get(Brand, post.brand_id)
-    user_id = brand.owner_id if brand is not None else None
-    session.add(
-        OutboxEvent(
-            event=event,
-            post_id=post.id,
-            user_id=user_id,
-            brand_id=post.brand_id,
-            created_at=now,
-            payload=lifecycle.event_payload(event, view(post), user_id, now),
-        )
-    )
+class Events:
+    """The outbox events of one transaction, written together by :meth:`write` (one query for
+    the brands' owners, one multi-row insert) before the transaction commits."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, lifecycle.PostView, datetime]] = []
+
+    def emit(self, post: Post, now: datetime) -> None:
+        """Record the event of the post's (terminal) state, as it is now."""
+        self._pending.append((lifecycle.EVENT_FOR_STATE[post.state], view(post), now))
+
+    async def write(self, session: AsyncSession) -> int:
+        if not self._pending:
+            return 0
+        brand_ids = sorted({v.brand_id for _, v, _ in self._pending})
+        owners: dict[str, str | None] = {
+            bid: owner
+            for bid, owner in await session.execute(
+                select(Brand.id, Brand.owner_id).where(Brand.id.in_(brand_ids))
+            )
+        }
+        rows = [
+            {
+                "event": event,
+                "post_id": v.id,
+                "user_id": owners.get(v.brand_id),
+                "brand_id": v.brand_id,
+                "created_at": now,
+                "payload": lifecycle.event_payload(event, v, owners.get(v.brand_id), now),
+            }
+            for event, v, now in self._pending
+        ]
+        await session.execute(insert(OutboxEvent), rows)
+        written = len(rows)
+        self._pending.clear()
+        return written
 
 
 def defer(post: Post, action: plan.Defer, now: datetime) -> None:
@@ -65,7 +86,7 @@ def defer(post: Post, action: plan.Defer, now: datetime) -> None:
     post.updated_at = now
 
 
-async def miss(session: AsyncSession, post: Post, action: plan.Miss, now: datetime) -> None:
+def miss(events: Events, post: Post, action: plan.Miss, now: datetime) -> None:
     lifecycle.check(post.state, lifecycle.FAILED)
     post.state = lifecycle.FAILED
     post.error_code = lifecycle.MISSED
@@ -73,7 +94,7 @@ async def miss(session: AsyncSession, post: Post, action: plan.Miss, now: dateti
         f"overdue by {action.overdue_seconds} s, past the catch-up window: not published"
     )
     post.updated_at = now
-    await emit(session, post, now)
+    events.emit(post, now)
 
 
 async def page_refs(session: AsyncSession, page_ids: set[str]) -> dict[str, Page]:
@@ -105,7 +126,12 @@ def payload(post: Post, page: Page | None) -> base.PostPayload:
 
 
 def claimed(
-    post: Post, attempt: PublishAttempt, page: Page | None, *, reconcile: bool = False
+    post: Post,
+    attempt_id: int,
+    started_at: datetime,
+    page: Page | None,
+    *,
+    reconcile: bool = False,
 ) -> ClaimedPost:
     return ClaimedPost(
         post_id=post.id,
@@ -115,9 +141,9 @@ def claimed(
         scheduled_at=post.scheduled_at,
         due_at=post.due_at,
         attempts=post.attempts,
-        attempt_id=attempt.id,
-        attempt_started_at=attempt.started_at,
-        first_attempt_at=post.first_attempt_at or attempt.started_at,
+        attempt_id=attempt_id,
+        attempt_started_at=started_at,
+        first_attempt_at=post.first_attempt_at or started_at,
         payload=payload(post, page),
         reconcile=reconcile,
     )
@@ -187,6 +213,7 @@ async def apply(
         )
     }
     lost: list[Outcome] = []
+    events = Events()
     for outcome in outcomes:
         post = posts.get(outcome.claimed.post_id)
         if (
@@ -198,11 +225,12 @@ async def apply(
             lost.append(outcome)
             continue
         record_attempts(session, post, attempts.get(outcome.claimed.attempt_id), outcome, owner)
-        await _transition(session, post, outcome)
+        await _transition(session, post, outcome, events)
+    await events.write(session)
     return lost
 
 
-async def _transition(session: AsyncSession, post: Post, outcome: Outcome) -> None:
+async def _transition(session: AsyncSession, post: Post, outcome: Outcome, events: Events) -> None:
     now = outcome.finished_at
     post.updated_at = now
     if outcome.kind == "in_doubt":
@@ -220,7 +248,7 @@ async def _transition(session: AsyncSession, post: Post, outcome: Outcome) -> No
         post.published_at = outcome.published.published_at
         post.counted_at = outcome.published.published_at
         post.error_code = post.error_message = post.defer_reason = None
-        await emit(session, post, now)
+        events.emit(post, now)
     elif outcome.kind in ("reschedule", "release"):
         post.state = lifecycle.SCHEDULED
         post.not_before = outcome.not_before or now
@@ -239,4 +267,4 @@ async def _transition(session: AsyncSession, post: Post, outcome: Outcome) -> No
             page = await session.get(Page, post.page_id)
             if page is not None:
                 page.status, page.status_reason = "needs_reauth", outcome.message
-        await emit(session, post, now)
+        events.emit(post, now)

@@ -1,0 +1,393 @@
+"""Stripe-compatible ``Idempotency-Key`` for POST / PATCH / DELETE, per token, kept 24 h.
+
+The first request with a key inserts an in-progress row (status NULL, ``locked_until`` = now +
+30 s): the primary key (token_id, key) is the lock, so of N concurrent requests with one key
+exactly one runs. While it runs it keeps the lock fresh (every 10 s); then it stores status,
+headers and body (a 5xx too, as Stripe does) and only then sends the response, so whoever saw a
+response can have it replayed. Other requests with the key get:
+
+- same method, path and body, finished: the stored response plus ``Idempotency-Replayed: true``;
+- the same, still running: up to ~2 s of waiting for it, then the replay or 409
+  IDEMPOTENCY_KEY_IN_USE;
+- a different method, path or body: 409 IDEMPOTENCY_KEY_MISMATCH.
+
+A running row whose lock expired (its process died) is taken over, and a row older than
+``api.idempotency_hours`` counts as absent. A 429 is not stored (the key is released): it means
+"not done, retry later", and the SDK retries it with the same key. multipart/form-data requests
+skip all of this, as the API document says. ``created_at`` is the owner's fencing token: every
+takeover moves it forward, and an owner writes only while it is still its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from daemon.api import errors
+from daemon.api.deps import Principal
+from daemon.store import db
+from daemon.store.models import IdempotencyKey
+
+log = structlog.get_logger("postd.idempotency")
+
+METHODS = frozenset({"POST", "PATCH", "DELETE"})
+MAX_KEY_LENGTH = 120
+LOCK = timedelta(seconds=30)
+HEARTBEAT_SECONDS = 10.0
+# How long a duplicate waits for the running request: ~2 s in all, short polls first.
+POLL_DELAYS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.2, 0.3, 0.4, 0.5, 0.3)
+# The waiting between polls; a seam for tests.
+pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+REPLAYED = (b"idempotency-replayed", b"true")
+
+# -- pure ------------------------------------------------------------------------------------
+
+
+class Action(enum.Enum):
+    CLAIM = "claim"  # no live row: insert one and run
+    TAKE_OVER = "take_over"  # expired row or dead owner: claim the row and run
+    REPLAY = "replay"
+    MISMATCH = "mismatch"
+    WAIT = "wait"  # the same request is running
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What a request finds stored under its key."""
+
+    request_hash: str
+    status: int | None
+    created_at: datetime
+    locked_until: datetime | None
+    response_body: bytes | None = None
+    response_headers: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(seen: Seen | None, request_hash: str, now: datetime, ttl: timedelta) -> Action:
+    """What a request with ``request_hash`` does about the row it found (None: no row)."""
+    if seen is None:
+        return Action.CLAIM
+    if seen.created_at <= now - ttl:
+        return Action.TAKE_OVER
+    if seen.request_hash != request_hash:
+        return Action.MISMATCH
+    if seen.status is not None:
+        return Action.REPLAY
+    if seen.locked_until is None or seen.locked_until <= now:
+        return Action.TAKE_OVER
+    return Action.WAIT
+
+
+def valid_key(key: str) -> bool:
+    return 1 <= len(key) <= MAX_KEY_LENGTH
+
+
+def request_hash(method: str, path: str, body: bytes) -> str:
+    digest = hashlib.sha256(f"{method.upper()}\n{path}\n".encode())
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def full_path(scope: Scope) -> str:
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    return f"{scope['path']}?{query}" if query else str(scope["path"])
+
+
+# -- the response, captured and replayed -----------------------------------------------------
+
+
+@dataclass
+class Captured:
+    status: int | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    complete: bool = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+            self.complete = not message.get("more_body", False)
+
+    def fail(self) -> None:
+        """Become the catalog's 500 (the inner app raised or sent no whole response)."""
+        rendered = errors.response(errors.ApiError("SERVER_ERROR"))
+        self.status, self.headers = rendered.status_code, list(rendered.raw_headers)
+        self.body, self.complete = bytearray(rendered.body), True
+
+    def stored_headers(self) -> dict[str, Any]:
+        return {"raw": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers]}
+
+
+async def _send_response(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _raw_headers(stored: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.get("raw", [])]
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client went away."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _refeed(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    token_id: str
+    key: str
+    method: str
+    path: str
+    hash: str
+
+    def where(self) -> Any:
+        return (IdempotencyKey.token_id == self.token_id) & (IdempotencyKey.key == self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action  # CLAIM: ours to run; REPLAY / MISMATCH; WAIT: still running after ~2 s
+    seen: Seen | None = None
+    owned: datetime | None = None  # CLAIM: the row's created_at, our fencing token
+
+
+_COLUMNS = (
+    IdempotencyKey.request_hash,
+    IdempotencyKey.status,
+    IdempotencyKey.created_at,
+    IdempotencyKey.locked_until,
+    IdempotencyKey.response_body,
+    IdempotencyKey.response_headers,
+)
+
+
+def _seen(row: Any) -> Seen | None:
+    return None if row is None else Seen(*row)
+
+
+async def _read(postd_app: Any, req: Request) -> Seen | None:
+    engine = postd_app.engine
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(**db.single_read_options(engine))
+        return _seen((await conn.execute(select(*_COLUMNS).where(req.where()))).first())
+
+
+async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) -> Outcome:
+    """One short transaction: insert (or take over) the row and own it, or report what it says."""
+    fields: dict[str, Any] = {
+        "request_hash": req.hash,
+        "method": req.method,
+        "path": req.path,
+        "status": None,
+        "response_body": None,
+        "response_headers": {},
+        "created_at": now,
+        "locked_until": now + LOCK,
+    }
+    async with postd_app.engine.begin() as conn:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert(IdempotencyKey).values(token_id=req.token_id, key=req.key, **fields)
+        inserted = await conn.execute(stmt.on_conflict_do_nothing().returning(IdempotencyKey.key))
+        if inserted.first() is not None:
+            return Outcome(Action.CLAIM, owned=now)
+        seen = _seen((await conn.execute(select(*_COLUMNS).where(req.where()))).first())
+        action = decide(seen, req.hash, now, ttl)
+        if action is Action.CLAIM or seen is None:
+            return Outcome(Action.WAIT)  # deleted between the two statements: look again
+        if action is not Action.TAKE_OVER:
+            return Outcome(action, seen)
+        taken = await conn.execute(
+            update(IdempotencyKey)
+            .where(req.where(), IdempotencyKey.created_at == seen.created_at)
+            .values(**fields)
+        )
+    if taken.rowcount != 1:
+        return Outcome(Action.WAIT)
+    log.info("idempotency_key_taken_over", token_id=req.token_id, path=req.path)
+    return Outcome(Action.CLAIM, owned=now)
+
+
+async def _acquire(postd_app: Any, req: Request, ttl: timedelta) -> Outcome:
+    """Own the key, or what to answer instead (waiting ~2 s for a running duplicate first)."""
+    clock = postd_app.clock
+    outcome = await _claim(postd_app, req, clock.now(), ttl)
+    delays = list(POLL_DELAYS)
+    while outcome.action is Action.WAIT and delays:
+        await pause(delays.pop(0))
+        seen = await _read(postd_app, req)
+        action = decide(seen, req.hash, clock.now(), ttl)
+        if action in (Action.CLAIM, Action.TAKE_OVER):
+            outcome = await _claim(postd_app, req, clock.now(), ttl)
+        else:
+            outcome = Outcome(action, seen)
+    return outcome
+
+
+async def _settle(postd_app: Any, req: Request, owned: datetime, captured: Captured) -> None:
+    """Store the response (or release the key after a 429) if the row is still ours."""
+    mine = req.where() & (IdempotencyKey.created_at == owned)
+    stmt: Any
+    if captured.status == 429:
+        stmt = delete(IdempotencyKey).where(mine)
+    else:
+        stmt = (
+            update(IdempotencyKey)
+            .where(mine, IdempotencyKey.status.is_(None))
+            .values(
+                status=captured.status,
+                response_body=bytes(captured.body),
+                response_headers=captured.stored_headers(),
+                locked_until=None,
+            )
+        )
+    async with postd_app.engine.begin() as conn:
+        result = await conn.execute(stmt)
+    if result.rowcount != 1:
+        log.warning("idempotency_lock_lost", token_id=req.token_id, path=req.path)
+
+
+async def _heartbeat(postd_app: Any, req: Request, owned: datetime, stop: asyncio.Event) -> None:
+    """Keep the lock of a long request (a video publish) from expiring under it."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_SECONDS)
+            return
+        try:
+            async with postd_app.engine.begin() as conn:
+                await conn.execute(
+                    update(IdempotencyKey)
+                    .where(req.where(), IdempotencyKey.created_at == owned)
+                    .where(IdempotencyKey.status.is_(None))
+                    .values(locked_until=postd_app.clock.now() + LOCK)
+                )
+        except Exception:
+            log.exception("idempotency_heartbeat_failed", token_id=req.token_id)
+
+
+async def _run(
+    postd_app: Any, req: Request, owned: datetime, scope: Scope, receive: Receive, inner: ASGIApp
+) -> Captured:
+    """Run the request as the key's owner; its response, captured (a crash becomes a 500)."""
+    captured, stop = Captured(), asyncio.Event()
+    beat = asyncio.create_task(_heartbeat(postd_app, req, owned, stop), name="idempotency-beat")
+    try:
+        await inner(scope, receive, captured)
+    except Exception:
+        log.exception("idempotent_request_failed", token_id=req.token_id, path=req.path)
+    finally:
+        stop.set()
+        await beat
+    if not captured.complete or captured.status is None:
+        captured.fail()
+    try:
+        await _settle(postd_app, req, owned, captured)
+    except Exception:
+        log.exception("idempotency_store_failed", token_id=req.token_id, path=req.path)
+    return captured
+
+
+async def _answer(outcome: Outcome, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer without running: the replay, or the 409 that says why not."""
+    seen = outcome.seen
+    if outcome.action is Action.REPLAY and seen is not None and seen.status is not None:
+        headers = [*_raw_headers(seen.response_headers), REPLAYED]
+        await _send_response(send, seen.status, headers, seen.response_body or b"")
+        return
+    if outcome.action is Action.MISMATCH:
+        error = errors.ApiError(
+            "IDEMPOTENCY_KEY_MISMATCH",
+            "This Idempotency-Key was used with a different request (method, path or body)",
+        )
+    else:
+        error = errors.ApiError("IDEMPOTENCY_KEY_IN_USE")
+    await errors.response(error)(scope, receive, send)
+
+
+async def wrap(
+    postd_app: Any, principal: Principal, scope: Scope, receive: Receive, send: Send, inner: ASGIApp
+) -> None:
+    """Serve one POST / PATCH / DELETE with its ``Idempotency-Key`` honoured (see the module).
+
+    No key, another method or a multipart body: ``inner`` runs as is. A key of the wrong length:
+    400 INVALID_IDEMPOTENCY_KEY. Otherwise ``inner`` runs at most once per (token, key) in 24 h.
+    """
+    method = str(scope.get("method", "")).upper()
+    key = header(scope, b"idempotency-key")
+    content_type = (header(scope, b"content-type") or "").lower()
+    if key is None or method not in METHODS or content_type.startswith("multipart/form-data"):
+        await inner(scope, receive, send)
+        return
+    if not valid_key(key):
+        message = f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters (got {len(key)})"
+        error = errors.ApiError("INVALID_IDEMPOTENCY_KEY", message)
+        await errors.response(error)(scope, receive, send)
+        return
+    body = await _read_body(receive)
+    if body is None:
+        return  # the client went away before sending its body
+    path = full_path(scope)
+    req = Request(principal.token_id, key, method, path, request_hash(method, path, body))
+    ttl = timedelta(hours=postd_app.settings.api.idempotency_hours)
+    outcome = await _acquire(postd_app, req, ttl)
+    if outcome.action is not Action.CLAIM or outcome.owned is None:
+        await _answer(outcome, scope, receive, send)
+        return
+    captured = await _run(postd_app, req, outcome.owned, scope, _refeed(body, receive), inner)
+    assert captured.status is not None
+    await _send_response(send, captured.status, captured.headers, bytes(captured.body))
+
+
+async def purge(session: AsyncSession, now: datetime, hours: float) -> int:
+    """Delete the keys ``hours`` old or older, which wrap() already treats as absent (in the
+    caller's transaction; the caller commits); rows deleted."""
+    result = await session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.created_at <= now - timedelta(hours=hours))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

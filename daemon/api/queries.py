@@ -1,0 +1,284 @@
+"""Shared reads of the ``/api/v1`` routers: the postd App of a request, read-only sessions,
+opaque cursors, reach-checked lookups (brand, page, post), and the wire dicts of brands and pages.
+
+Reach: a token sees the brands in ``Principal.brand_ids`` and nothing else. A page or post of a
+brand it cannot reach is answered exactly like one that does not exist (404 ``NOT_FOUND``), so ids
+of other users' resources never leak. A brand named directly (``/brands/{id}``, ``?brand_id=``)
+that belongs to the token's user but lies outside the token's brand restriction is
+``403 BRAND_NOT_AUTHORIZED``; any other brand outside the reach is 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from daemon import config as config_mod
+from daemon import lifecycle
+from daemon.api.deps import Principal
+from daemon.api.errors import ApiError
+from daemon.errors import InputError
+from daemon.store import db
+from daemon.store.models import Brand, Collaborator, Page, Post
+from daemon.timefmt import iso, parse_instant
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+# The document's short platform codes; platforms without one use their name in capitals.
+SHORT_CODES = {
+    "facebook": "FB",
+    "instagram": "IG",
+    "linkedin": "LN",
+    "tiktok": "TT",
+    "twitter": "TW",
+    "youtube": "YT",
+}
+_BY_CODE = {code.lower(): name for name, code in SHORT_CODES.items()}
+
+
+def postd(request: Request) -> App:
+    """The postd App this API serves (``api.state.postd``)."""
+    app: App = request.app.state.postd
+    return app
+
+
+def short_code(platform: str) -> str:
+    return SHORT_CODES.get(platform, platform.upper())
+
+
+def platform_filter(value: str) -> str:
+    """A ``?platform=`` value (name or short code, any case) as the stored platform name."""
+    name = value.strip().lower()
+    name = _BY_CODE.get(name, "twitter" if name == "x" else name)
+    if name not in config_mod.PLATFORMS:
+        raise ApiError(
+            "INVALID_PLATFORM",
+            f"unknown platform {value!r}; one of {', '.join(config_mod.PLATFORMS)}",
+            field="platform",
+        )
+    return name
+
+
+@contextlib.asynccontextmanager
+async def read_session(app: App) -> AsyncIterator[AsyncSession]:
+    """A session for reads only: no transaction around the statements, so on SQLite a read never
+    takes the write lock (every transaction there is BEGIN IMMEDIATE)."""
+    async with app.sessions() as session:
+        await session.connection(execution_options=db.single_read_options(app.engine))
+        yield session
+
+
+# -- cursors ------------------------------------------------------------------------------------
+
+
+def encode_cursor(*parts: str) -> str:
+    raw = json.dumps(list(parts), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, size: int) -> list[str] | None:
+    """The parts of an opaque cursor made by :func:`encode_cursor`; INVALID_REQUEST if forged."""
+    if cursor is None or cursor == "":
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        parts = json.loads(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        parts = None
+    if not (
+        isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts)
+    ):
+        raise ApiError("INVALID_REQUEST", "cursor is not one this API returned", field="cursor")
+    return parts
+
+
+def cursor_instant(text: str) -> datetime:
+    try:
+        return parse_instant(text, "cursor")
+    except InputError:
+        raise ApiError(
+            "INVALID_REQUEST", "cursor is not one this API returned", field="cursor"
+        ) from None
+
+
+# -- reach --------------------------------------------------------------------------------------
+
+
+async def _users_brand(session: AsyncSession, user_id: str, brand_id: str) -> bool:
+    owned = await session.scalar(
+        select(func.count()).where(Brand.id == brand_id, Brand.owner_id == user_id)
+    )
+    if owned:
+        return True
+    shared = await session.scalar(
+        select(func.count()).where(
+            Collaborator.brand_id == brand_id,
+            Collaborator.user_id == user_id,
+            Collaborator.removed_at.is_(None),
+        )
+    )
+    return bool(shared)
+
+
+async def check_brand_reach(session: AsyncSession, principal: Principal, brand_id: str) -> None:
+    """403 BRAND_NOT_AUTHORIZED for the user's own brand outside the token's restriction; 404
+    for any other brand the token cannot reach (unknown or someone else's)."""
+    if brand_id in principal.brand_ids:
+        return
+    if await _users_brand(session, principal.user_id, brand_id):
+        principal.check_brand(brand_id)
+    raise ApiError("NOT_FOUND", f"No brand {brand_id!r}")
+
+
+async def reachable_brand(session: AsyncSession, principal: Principal, brand_id: str) -> Brand:
+    await check_brand_reach(session, principal, brand_id)
+    brand = await session.get(Brand, brand_id)
+    if brand is None:
+        raise ApiError("NOT_FOUND", f"No brand {brand_id!r}")
+    return brand
+
+
+async def reachable_page(session: AsyncSession, principal: Principal, page_id: str) -> Page:
+    page = await session.get(Page, page_id)
+    if page is None or page.brand_id not in principal.brand_ids:
+        raise ApiError("NOT_FOUND", f"No page {page_id!r}", field="page_id")
+    return page
+
+
+async def reachable_post(
+    session: AsyncSession, principal: Principal, post_id: str, *, lock: bool = False
+) -> Post:
+    """The post, row-locked (PostgreSQL) when it is about to be changed, so a claim cannot slip
+    between the read and the write."""
+    stmt: Any = select(Post).where(Post.id == post_id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    post: Post | None = (await session.scalars(stmt)).one_or_none()
+    if post is None or post.brand_id not in principal.brand_ids:
+        raise ApiError("NOT_FOUND", f"No post {post_id!r}")
+    return post
+
+
+# -- brands and pages on the wire ---------------------------------------------------------------
+
+
+def page_item(page: Page, brand_name: str) -> dict[str, Any]:
+    return {
+        "id": page.id,
+        "brand_id": page.brand_id,
+        "brand_name": brand_name,
+        "platform": page.platform,
+        "name": page.name,
+        "username": page.username,
+        "followers": page.followers or 0,
+        "expired": page.status != "active",
+    }
+
+
+def page_detail(page: Page, brand_name: str) -> dict[str, Any]:
+    return {
+        **page_item(page, brand_name),
+        "profile_picture": page.profile_picture,
+        "created_at": iso(page.created_at),
+    }
+
+
+def brand_item(brand: Brand, pages_count: int) -> dict[str, Any]:
+    return {
+        "id": brand.id,
+        "name": brand.name,
+        "logo": brand.logo,
+        "timezone": brand.timezone or "UTC",
+        "created_at": iso(brand.created_at),
+        "pages_count": pages_count,
+    }
+
+
+async def list_pages(
+    session: AsyncSession,
+    brand_ids: frozenset[str] | set[str],
+    *,
+    platform: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Pages of ``brand_ids`` in id (creation) order, as /pages items."""
+    stmt: Any = (
+        select(Page, Brand.name)
+        .join(Brand, Brand.id == Page.brand_id)
+        .where(Page.brand_id.in_(sorted(brand_ids)))
+        .order_by(Page.id)
+    )
+    if platform is not None:
+        stmt = stmt.where(Page.platform == platform)
+    if after is not None:
+        stmt = stmt.where(Page.id > after)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [page_item(page, name) for page, name in (await session.execute(stmt)).all()]
+
+
+def paged(key: str, rows: list[dict[str, Any]], limit: int, *sort: str) -> dict[str, Any]:
+    """A list response from ``limit + 1`` fetched rows: the first ``limit`` under ``key``, and the
+    opaque cursor of the last one (its ``sort`` fields, then its id) when there are more."""
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = None
+    if has_more:
+        last = rows[-1]
+        cursor = encode_cursor(*(str(last[field]) for field in (*sort, "id")))
+    return {key: rows, "next_cursor": cursor, "has_more": has_more}
+
+
+# -- guardrail histories ------------------------------------------------------------------------
+
+
+async def histories(
+    session: AsyncSession,
+    page: Page,
+    *,
+    lo: datetime,
+    hi: datetime,
+    exclude: str | None = None,
+    scheduled: bool = True,
+) -> tuple[list[datetime], list[datetime]]:
+    """Publish instants in ``(lo, hi]`` on ``page`` and on its whole brand, in one query: every
+    post that counts (published, in flight, in doubt: ``counted_at``, as the dispatcher counts
+    them) and, with ``scheduled``, every post still scheduled, at its ``due_at``."""
+    counted = and_(Post.counted_at.is_not(None), Post.counted_at > lo, Post.counted_at <= hi)
+    pending = and_(
+        Post.state == lifecycle.SCHEDULED,
+        Post.counted_at.is_(None),
+        Post.due_at > lo,
+        Post.due_at <= hi,
+    )
+    stmt: Any = select(Post.page_id, Post.counted_at, Post.due_at).where(
+        Post.brand_id == page.brand_id, or_(counted, pending) if scheduled else counted
+    )
+    if exclude is not None:
+        stmt = stmt.where(Post.id != exclude)
+    on_page: list[datetime] = []
+    on_brand: list[datetime] = []
+    for page_id, counted_at, due_at in (await session.execute(stmt)).all():
+        instant = counted_at if counted_at is not None else due_at
+        on_brand.append(instant)
+        if page_id == page.id:
+            on_page.append(instant)
+    return on_page, on_brand
+
+
+def tier_limits(settings: config_mod.Settings, tier: str) -> config_mod.TierLimits:
+    """A tier's limits; an unknown tier name gets the free tier's (never more than paid for)."""
+    if tier in config_mod.TierSettings.model_fields:
+        return settings.tiers.get(tier)
+    return settings.tiers.free

@@ -1,0 +1,265 @@
+"""``/api/v1/posts``: schedule (one or a batch of 50), list, read, edit and cancel scheduled posts,
+list published ones. Publishing now is in :mod:`daemon.api.routers.publish`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
+
+from daemon import lifecycle, services
+from daemon.api import errors, posting, queries, schemas
+from daemon.api.routers import ReadPosts, WritePosts, error_responses
+from daemon.api.routers.brands import CURSOR
+from daemon.dispatch import transitions
+from daemon.store import notify
+from daemon.store.models import Page, Post, PublishAttempt
+from daemon.timefmt import iso, parse_instant
+
+router = APIRouter(tags=["posts"])
+LIMIT = Query(default=50, ge=1, le=100, description="At most this many items (1-100)")
+PAGE_ID = Query(default=None, description="Only this page's posts")
+PENDING = (lifecycle.SCHEDULED, lifecycle.PUBLISHING)
+
+
+def wire(post: Post) -> dict[str, Any]:
+    return lifecycle.post_object(transitions.view(post))
+
+
+@router.post(
+    "/posts/schedule",
+    status_code=201,
+    response_model=schemas.ScheduledOne,
+    response_model_exclude_unset=True,
+    responses=error_responses(409),
+    summary="Schedule a post",
+)
+async def schedule(
+    request: Request, body: schemas.ScheduleBody, principal: WritePosts
+) -> dict[str, Any]:
+    at = posting.scheduled_at(body)
+    post = await posting.create(queries.postd(request), principal, body, at)
+    return {"scheduled_post": wire(post)}
+
+
+def _item_error(exc: Exception) -> errors.ApiError:
+    if isinstance(exc, ValidationError):
+        return errors.from_validation(RequestValidationError(exc.errors()))
+    return posting.as_api_error(exc)
+
+
+@router.post(
+    "/posts/schedule/bulk",
+    response_model=schemas.BulkResult,
+    response_model_exclude_unset=True,
+    responses=error_responses(409),
+    summary="Schedule up to 50 posts, each answered on its own",
+)
+async def schedule_bulk(
+    request: Request, body: schemas.BulkBody, principal: WritePosts
+) -> dict[str, Any]:
+    app = queries.postd(request)
+    results: list[dict[str, Any]] = []
+    for index, raw in enumerate(body.posts):
+        try:
+            item = schemas.ScheduleBody.model_validate(raw)
+            post = await posting.create(app, principal, item, posting.scheduled_at(item))
+        except Exception as exc:
+            error = _item_error(exc)
+            results.append({"index": index, "status": error.status, "error": error.body()})
+            continue
+        results.append({"index": index, "status": 201, "scheduled_post": wire(post)})
+    done = sum(1 for r in results if r["status"] == 201)
+    return {"results": results, "scheduled": done, "failed": len(results) - done}
+
+
+@router.get(
+    "/posts/scheduled",
+    response_model=schemas.ScheduledList,
+    response_model_exclude_unset=True,
+    responses=error_responses(),
+    summary="Pending posts, soonest first",
+)
+async def list_scheduled(
+    request: Request,
+    principal: ReadPosts,
+    page_id: str | None = PAGE_ID,
+    limit: int = LIMIT,
+    cursor: str | None = CURSOR,
+) -> dict[str, Any]:
+    after = queries.decode_cursor(cursor, 2)
+    stmt: Any = (
+        select(Post)
+        .where(Post.state.in_(PENDING), Post.brand_id.in_(sorted(principal.brand_ids)))
+        .order_by(Post.scheduled_at, Post.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        at = queries.cursor_instant(after[0])
+        stmt = stmt.where(
+            or_(Post.scheduled_at > at, and_(Post.scheduled_at == at, Post.id > after[1]))
+        )
+    async with queries.read_session(queries.postd(request)) as session:
+        if page_id is not None:
+            await queries.reachable_page(session, principal, page_id)
+            stmt = stmt.where(Post.page_id == page_id)
+        posts = list(await session.scalars(stmt))
+    has_more = len(posts) > limit
+    posts = posts[:limit]
+    last = posts[-1] if has_more else None
+    return {
+        "scheduled_posts": [wire(p) for p in posts],
+        "next_cursor": queries.encode_cursor(last.scheduled_at.isoformat(), last.id)
+        if last
+        else None,
+        "has_more": has_more,
+    }
+
+
+@router.get(
+    "/posts/scheduled/{post_id}",
+    response_model=schemas.ScheduledOneDetail,
+    response_model_exclude_unset=True,
+    responses=error_responses(),
+    summary="One post, in any state, with its attempt log",
+)
+async def get_scheduled(request: Request, post_id: str, principal: ReadPosts) -> dict[str, Any]:
+    async with queries.read_session(queries.postd(request)) as session:
+        post = await queries.reachable_post(session, principal, post_id)
+        attempts = list(
+            await session.scalars(
+                select(PublishAttempt)
+                .where(PublishAttempt.post_id == post.id)
+                .order_by(PublishAttempt.number, PublishAttempt.id)
+            )
+        )
+    return {"scheduled_post": services.post_dict(post, attempts)}
+
+
+@router.delete(
+    "/posts/scheduled/{post_id}",
+    response_model=schemas.Cancelled,
+    responses=error_responses(409),
+    summary="Cancel a pending post (404 once cancelled or published)",
+)
+async def cancel(request: Request, post_id: str, principal: WritePosts) -> dict[str, Any]:
+    app = queries.postd(request)
+    async with app.sessions() as session, session.begin():
+        post = await queries.reachable_post(session, principal, post_id, lock=True)
+        await services.cancel_post(session, post.id, app.clock.now())
+    return {"success": True, "id": post_id}
+
+
+@router.patch(
+    "/posts/scheduled/{post_id}",
+    response_model=schemas.ScheduledOne,
+    response_model_exclude_unset=True,
+    responses=error_responses(409),
+    summary="Edit a pending post's message, first comment and/or time",
+)
+async def edit(
+    request: Request, post_id: str, body: schemas.PatchBody, principal: WritePosts
+) -> dict[str, Any]:
+    app = queries.postd(request)
+    now = app.clock.now()
+    text = body.scheduled_at if body.scheduled_at is not None else body.publish_at
+    at = parse_instant(text, "scheduled_at") if text is not None else None
+    if at is None and body.message is None and body.first_comment is None:
+        raise errors.ApiError(
+            "MISSING_FIELD",
+            "Send at least one of message, first_comment, scheduled_at",
+            field="scheduled_at",
+        )
+    async with queries.read_session(app) as session:
+        post = _editable(await queries.reachable_post(session, principal, post_id))
+        page = await session.get(Page, post.page_id)
+        assert page is not None  # a post's page is a foreign key
+        message = body.message if body.message is not None else post.message
+        comment = body.first_comment if body.first_comment is not None else post.first_comment
+        media = tuple(post.media or ())
+        posting.check_content(message, media, comment, page, app.adapters.get(page.platform))
+        if at is not None:
+            services.check_time(at, now, app.settings.scheduling)
+            await posting.check_fits(session, app, page, at, exclude=post.id)
+    async with app.sessions() as session, session.begin():
+        post = _editable(await queries.reachable_post(session, principal, post_id, lock=True))
+        post.message, post.first_comment, post.updated_at = message, comment, now
+        if at is not None:
+            post.scheduled_at = post.due_at = at
+            post.not_before = post.defer_reason = post.first_attempt_at = None
+            await notify.due(session, at)
+    app.dispatcher.notify_due(post.due_at)
+    return {"scheduled_post": wire(post)}
+
+
+def _editable(post: Post) -> Post:
+    if post.state == lifecycle.PUBLISHING:
+        raise errors.ApiError("POST_PUBLISHING", f"Post {post.id} is being published right now")
+    if post.state != lifecycle.SCHEDULED:
+        raise errors.ApiError("NOT_FOUND", f"No pending post {post.id!r} (it is {post.state})")
+    return post
+
+
+@router.get(
+    "/posts/published",
+    response_model=schemas.PublishedList,
+    responses=error_responses(),
+    summary="Published posts, newest first",
+)
+async def list_published(
+    request: Request,
+    principal: ReadPosts,
+    page_id: str | None = PAGE_ID,
+    limit: int = LIMIT,
+    since: str | None = Query(default=None, description="Only posts published after this"),
+    cursor: str | None = CURSOR,
+) -> dict[str, Any]:
+    after = queries.decode_cursor(cursor, 2)
+    stmt: Any = (
+        select(Post)
+        .where(Post.state == lifecycle.PUBLISHED, Post.brand_id.in_(sorted(principal.brand_ids)))
+        .order_by(Post.published_at.desc(), Post.id.desc())
+        .limit(limit + 1)
+    )
+    if since is not None:
+        stmt = stmt.where(Post.published_at > parse_instant(since, "since"))
+    if after is not None:
+        at = queries.cursor_instant(after[0])
+        stmt = stmt.where(
+            or_(Post.published_at < at, and_(Post.published_at == at, Post.id < after[1]))
+        )
+    async with queries.read_session(queries.postd(request)) as session:
+        if page_id is not None:
+            await queries.reachable_page(session, principal, page_id)
+            stmt = stmt.where(Post.page_id == page_id)
+        posts = list(await session.scalars(stmt))
+    has_more = len(posts) > limit
+    posts = posts[:limit]
+    last = posts[-1] if has_more else None
+    return {
+        "published_posts": [published_item(p) for p in posts],
+        "next_cursor": queries.encode_cursor(_iso_full(last.published_at), last.id)
+        if last
+        else None,
+        "has_more": has_more,
+    }
+
+
+def _iso_full(value: Any) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def published_item(post: Post) -> dict[str, Any]:
+    return {
+        "id": post.id,
+        "page_id": post.page_id,
+        "platform": post.platform,
+        "remote_id": post.remote_id,
+        "permalink": post.permalink,
+        "published_at": iso(post.published_at),
+        "message": post.message,
+        "metrics": {"likes": None, "comments": None, "shares": None},
+    }

@@ -1,0 +1,63 @@
+"""The ``/api/v1`` sub-application: the public REST API of the document, wire-compatible with the
+official SDK and the document's curl / Make / Zapier / n8n recipes.
+
+The composition root mounts it behind the request gate (authentication, limits, idempotency,
+audit): ``App.http.mount("/api/v1", ApiGate(build_api(app), app))``. Routes find the postd App on
+``request.app.state.postd`` and their caller on ``request.state.principal``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+
+from daemon import __version__
+from daemon.api import errors
+from daemon.api.routers import account, brands, me, pages, posts, publish, root
+from daemon.api.routers import errors as errors_router
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+DESCRIPTION = """\
+postd's implementation of the OutReply public API v1. Authenticate with
+`Authorization: Bearer <token>` (or `X-API-Key`). Every error is
+`{"error", "code", "message", ...}`; the catalog is at `GET /errors`.
+
+Beyond the document: `PATCH /posts/scheduled/{id}`, `POST /posts/schedule/bulk`, cursor
+pagination (`cursor` → `next_cursor`, `has_more`) on every list.
+"""
+
+
+def _openapi(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's document without the 422 it never sends (validation failures are 400)."""
+    if api.openapi_schema is not None:
+        return api.openapi_schema
+    schema = FastAPI.openapi(api)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    api.openapi_schema = schema
+    return schema
+
+
+def build_api(postd_app: App) -> FastAPI:
+    """The sub-application serving ``/api/v1`` for ``postd_app``."""
+    api = FastAPI(
+        title="postd API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    api.state.postd = postd_app
+    errors.install(api)
+    for module in (root, errors_router, me, account, brands, pages, posts, publish):
+        api.include_router(module.router)
+    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
+    return api

@@ -1,0 +1,425 @@
+"""Idempotency-Key against a real App on SQLite and PostgreSQL, through a tiny app of its own.
+
+The app under test is a FastAPI app whose handlers count their runs, behind a minimal ASGI shim
+that plays the gate's part: it sets the Principal and hands the request to ``idempotency.wrap``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from daemon.api import errors, idempotency
+from daemon.api.deps import Principal
+from daemon.clock import FakeClock
+from daemon.store.models import IdempotencyKey
+from tests.conftest import make_settings
+
+START = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
+PRINCIPAL = Principal(
+    token_id="tok1",
+    token_name="test",
+    token_prefix="outreply_live_ab12c",
+    kind="live",
+    user_id="user1",
+    email="a@example.com",
+    firstname=None,
+    lastname=None,
+    tier="free",
+    scopes=("write:posts",),
+    brand_ids=frozenset(),
+    restricted_brand_ids=(),
+    expires_at=None,
+    last_used_at=None,
+    request_count=0,
+)
+
+
+class Things:
+    """The downstream app: every handler run is counted in ``runs``."""
+
+    def __init__(self) -> None:
+        self.runs: Counter[str] = Counter()
+        self.hold: asyncio.Event | None = None  # when set up, /things waits for it
+        self.entered = asyncio.Event()
+        self.http = FastAPI()
+        errors.install(self.http)  # as the daemon's app: a crash answers the catalog's 500
+        self.http.add_api_route("/things", self.create, methods=["POST"])
+        self.http.add_api_route("/things/{thing_id}", self.remove, methods=["DELETE"])
+        self.http.add_api_route("/boom", self.boom, methods=["POST"])
+        self.http.add_api_route("/unavailable", self.unavailable, methods=["POST"])
+        self.http.add_api_route("/busy", self.busy, methods=["POST"])
+        self.http.add_api_route("/upload", self.upload, methods=["POST"])
+
+    async def create(self, request: Request) -> JSONResponse:
+        self.runs["things"] += 1
+        self.entered.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        body = await request.json()
+        n = self.runs["things"]
+        return JSONResponse({"n": n, "echo": body}, status_code=201, headers={"X-Thing": str(n)})
+
+    async def remove(self, thing_id: str) -> JSONResponse:
+        self.runs["remove"] += 1
+        return JSONResponse({"success": True, "id": thing_id})
+
+    async def boom(self) -> JSONResponse:
+        self.runs["boom"] += 1
+        raise RuntimeError("the handler crashed")
+
+    async def unavailable(self) -> JSONResponse:
+        self.runs["unavailable"] += 1
+        return JSONResponse({"code": "UPSTREAM_DOWN", "n": self.runs["unavailable"]}, 503)
+
+    async def busy(self) -> JSONResponse:
+        self.runs["busy"] += 1
+        if self.runs["busy"] == 1:
+            return JSONResponse({"code": "RATE_LIMITED"}, 429, headers={"Retry-After": "1"})
+        return JSONResponse({"n": self.runs["busy"]}, 201)
+
+    async def upload(self, request: Request) -> JSONResponse:
+        self.runs["upload"] += 1
+        await request.body()
+        return JSONResponse({"n": self.runs["upload"]}, 201)
+
+
+def shim(postd_app: Any, inner: ASGIApp, principal: Principal = PRINCIPAL) -> ASGIApp:
+    """The gate's part, minimally: the Principal on the scope, writes through ``wrap``."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await idempotency.wrap(postd_app, principal, scope, receive, send, inner)
+
+    return app
+
+
+def client(asgi: ASGIApp) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://t")
+
+
+async def setup(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> tuple[Any, Things]:
+    clock.set(START)
+    return await app_factory(make_settings(tmp_path, db_url)), Things()
+
+
+def key(value: str) -> dict[str, str]:
+    return {"Idempotency-Key": value}
+
+
+async def stored_keys(app: Any) -> int:
+    async with app.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0)
+
+
+async def test_replay_returns_the_stored_response(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """A retry with the same key and body gets the first status, headers and body byte for
+    byte, plus Idempotency-Replayed: true, and the handler does not run again."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        first = await http.post("/things", json={"a": 1}, headers=key("k-1"))
+        clock.advance(60)
+        again = await http.post("/things", json={"a": 1}, headers=key("k-1"))
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content == b'{"n":1,"echo":{"a":1}}'
+    assert again.headers["X-Thing"] == "1"
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert "Idempotency-Replayed" not in first.headers
+    assert things.runs["things"] == 1
+
+
+async def test_keys_are_per_token_and_optional(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """Without a key every request runs; the same key from another token is another key."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    other = replace(PRINCIPAL, token_id="tok2")
+    async with client(shim(app, things.http)) as http, client(shim(app, things.http, other)) as h2:
+        await http.post("/things", json={})
+        await http.post("/things", json={})
+        await http.post("/things", json={}, headers=key("shared"))
+        response = await h2.post("/things", json={}, headers=key("shared"))
+    assert response.json()["n"] == 4
+    assert things.runs["things"] == 4
+
+
+async def test_same_key_other_request_is_a_mismatch(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """The key with another body, path or method: 409 IDEMPOTENCY_KEY_MISMATCH, nothing runs."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        await http.post("/things", json={"a": 1}, headers=key("k"))
+        answers = [
+            await http.post("/things", json={"a": 2}, headers=key("k")),
+            await http.post("/unavailable", json={"a": 1}, headers=key("k")),
+            await http.delete("/things/x", headers=key("k")),
+        ]
+    for response in answers:
+        assert response.status_code == 409
+        assert response.json()["code"] == "IDEMPOTENCY_KEY_MISMATCH"
+    assert sum(things.runs.values()) == 1
+
+
+@pytest.mark.parametrize(("length", "status"), [(0, 400), (1, 201), (120, 201), (121, 400)])
+async def test_key_length(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock, length: int, status: int
+) -> None:
+    """Keys of 1-120 characters are honoured; empty or longer ones get 400
+    INVALID_IDEMPOTENCY_KEY and the handler does not run."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        response = await http.post("/things", json={}, headers=key("k" * length))
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["code"] == "INVALID_IDEMPOTENCY_KEY"
+    assert things.runs["things"] == (status == 201)
+
+
+async def test_multipart_uploads_skip_idempotency(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """A multipart/form-data request ignores its key: each one runs and nothing is stored."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        for _ in range(2):
+            response = await http.post(
+                "/upload",
+                files={"file": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")},
+                headers=key("u"),
+            )
+            assert "Idempotency-Replayed" not in response.headers
+    assert things.runs["upload"] == 2
+    assert await stored_keys(app) == 0
+
+
+async def test_keys_expire_after_24_hours(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """Within 24 h the key replays; after, it is new again (and purge deletes the old rows)."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        await http.post("/things", json={}, headers=key("day"))
+        clock.advance(timedelta(hours=23, minutes=59))
+        assert (await http.post("/things", json={}, headers=key("day"))).json()["n"] == 1
+        clock.advance(timedelta(minutes=1))
+        renewed = await http.post("/things", json={"other": "body"}, headers=key("day"))
+        assert (renewed.status_code, renewed.json()["n"]) == (201, 2)
+        replayed = await http.post("/things", json={"other": "body"}, headers=key("day"))
+        assert replayed.headers["Idempotency-Replayed"] == "true"
+        await http.post("/things", json={}, headers=key("another"))
+    assert things.runs["things"] == 3
+    clock.advance(timedelta(hours=24))
+    async with app.sessions() as session, session.begin():
+        assert await idempotency.purge(session, clock.now() - timedelta(hours=1), 24) == 0
+        assert await idempotency.purge(session, clock.now(), 24) == 2
+    assert await stored_keys(app) == 0
+
+
+async def test_server_errors_are_stored_and_replayed(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """A 5xx answer, or a handler that crashed (500 SERVER_ERROR), is stored and replayed like
+    any other response: the action is not attempted twice."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        with structlog.testing.capture_logs() as logs:
+            crashed = [await http.post("/boom", json={}, headers=key("b")) for _ in range(2)]
+        down = [await http.post("/unavailable", json={}, headers=key("u")) for _ in range(2)]
+    assert [r.status_code for r in crashed] == [500, 500]
+    assert crashed[0].json()["code"] == "SERVER_ERROR"
+    assert crashed[1].content == crashed[0].content
+    assert crashed[1].headers["Idempotency-Replayed"] == "true"
+    assert [e["event"] for e in logs] == ["idempotent_request_failed"]
+    assert [r.status_code for r in down] == [503, 503]
+    assert down[1].json() == {"code": "UPSTREAM_DOWN", "n": 1}
+    assert (things.runs["boom"], things.runs["unavailable"]) == (1, 1)
+
+
+async def test_app_that_dies_without_answering_stores_a_500(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """An inner app that raises before answering gets the catalog's 500 stored and replayed."""
+    app, _ = await setup(app_factory, tmp_path, db_url, clock)
+    runs: list[str] = []
+
+    async def dies(scope: Scope, receive: Receive, send: Send) -> None:
+        runs.append(scope["path"])
+        raise RuntimeError("no answer")
+
+    async with client(shim(app, dies)) as http:
+        with structlog.testing.capture_logs():
+            answers = [await http.post("/x", json={}, headers=key("d")) for _ in range(2)]
+    assert [(r.status_code, r.json()["code"]) for r in answers] == [(500, "SERVER_ERROR")] * 2
+    assert answers[1].headers["Idempotency-Replayed"] == "true"
+    assert runs == ["/x"]
+
+
+async def test_429_releases_the_key(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """A 429 means "not done": it is not stored, so the retry with the same key runs."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    async with client(shim(app, things.http)) as http:
+        first = await http.post("/busy", json={}, headers=key("r"))
+        retry = await http.post("/busy", json={}, headers=key("r"))
+        replay = await http.post("/busy", json={}, headers=key("r"))
+    assert (first.status_code, retry.status_code, replay.status_code) == (429, 201, 201)
+    assert replay.headers["Idempotency-Replayed"] == "true"
+    assert things.runs["busy"] == 2
+
+
+async def insert_running(app: Any, key_: str, locked_for: timedelta) -> None:
+    """A row as a request still running elsewhere leaves it."""
+    async with app.sessions() as session, session.begin():
+        session.add(
+            IdempotencyKey(
+                token_id=PRINCIPAL.token_id,
+                key=key_,
+                request_hash=idempotency.request_hash("POST", "/things", b"{}"),
+                method="POST",
+                path="/things",
+                status=None,
+                response_body=None,
+                response_headers={},
+                created_at=app.clock.now(),
+                locked_until=app.clock.now() + locked_for,
+            )
+        )
+
+
+async def test_running_duplicate_gets_in_use(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the first request with a key still runs, a duplicate waits, then gets 409
+    IDEMPOTENCY_KEY_IN_USE; it never runs the handler."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(idempotency, "pause", no_wait)
+    await insert_running(app, "busy", timedelta(seconds=30))
+    async with client(shim(app, things.http)) as http:
+        response = await http.post("/things", content=b"{}", headers=key("busy"))
+    assert response.status_code == 409
+    assert response.json()["code"] == "IDEMPOTENCY_KEY_IN_USE"
+    assert waits == list(idempotency.POLL_DELAYS) and 1.5 <= sum(waits) <= 2.5
+    assert things.runs["things"] == 0
+
+
+async def test_dead_owner_is_taken_over(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """A running row whose lock expired (its process died) is taken over and the request runs."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    await insert_running(app, "orphan", timedelta(seconds=30))
+    clock.advance(30)
+    async with client(shim(app, things.http)) as http:
+        response = await http.post("/things", content=b"{}", headers=key("orphan"))
+        replay = await http.post("/things", content=b"{}", headers=key("orphan"))
+    assert response.status_code == 201 and replay.headers["Idempotency-Replayed"] == "true"
+    assert things.runs["things"] == 1
+
+
+async def test_long_request_keeps_its_lock(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request running past the 30 s lock keeps it fresh, so a duplicate is not let in."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    monkeypatch.setattr(idempotency, "HEARTBEAT_SECONDS", 0.001)
+    things.hold = asyncio.Event()
+    async with client(shim(app, things.http)) as http:
+        first = asyncio.create_task(http.post("/things", content=b"{}", headers=key("long")))
+        await things.entered.wait()
+        clock.advance(25)
+        for _ in range(500):  # the heartbeat is a background task: wait for its write
+            async with app.sessions() as session:
+                row = await session.get(IdempotencyKey, (PRINCIPAL.token_id, "long"))
+            if row is not None and row.locked_until == START + timedelta(seconds=55):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the heartbeat never extended the lock")
+        clock.advance(10)  # 35 s after the claim: the first lock would have expired
+
+        async def no_wait(seconds: float) -> None:
+            pass
+
+        monkeypatch.setattr(idempotency, "pause", no_wait)
+        duplicate = await http.post("/things", content=b"{}", headers=key("long"))
+        things.hold.set()
+        assert (await first).status_code == 201
+    assert duplicate.json()["code"] == "IDEMPOTENCY_KEY_IN_USE"
+    assert things.runs["things"] == 1
+
+
+async def test_concurrent_identical_requests_run_once(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20 concurrent identical requests with one key (split over two instances on PostgreSQL):
+    the handler runs once, 19 wait for it, and all 20 get the same status and body."""
+    app, things = await setup(app_factory, tmp_path, db_url, clock)
+    apps = [app] if db_url.startswith("sqlite") else [app, await app_factory(app.settings)]
+    hold = things.hold = asyncio.Event()
+    pauses = Counter[str]()
+    all_waiting = asyncio.Event()
+
+    async def pause(seconds: float) -> None:
+        # Each duplicate's first pause holds until all 19 wait; then they poll at the real pace.
+        pauses["n"] += 1
+        if pauses["n"] == 19:
+            all_waiting.set()
+        await hold.wait()
+        await asyncio.sleep(seconds)
+
+    monkeypatch.setattr(idempotency, "pause", pause)
+    clients = [client(shim(a, things.http)) for a in apps]
+    try:
+        calls = [
+            clients[i % len(clients)].post("/things", json={"x": 1}, headers=key("once"))
+            for i in range(20)
+        ]
+        requests = asyncio.gather(*calls)
+        await asyncio.wait_for(all_waiting.wait(), timeout=30)
+        things.hold.set()
+        responses = await requests
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert things.runs["things"] == 1
+    assert {(r.status_code, r.content) for r in responses} == {(201, b'{"n":1,"echo":{"x":1}}')}
+    replayed = [r for r in responses if r.headers.get("Idempotency-Replayed") == "true"]
+    assert len(replayed) == 19
