@@ -235,8 +235,15 @@ class App:
         self.scheduler.start()
         # proxy_headers off: uvicorn would otherwise let any loopback client forge its address
         # with X-Forwarded-For; the gate honours it only from [api] trusted_proxies.
+        # A request still open at shutdown (a /posts/publish waiting on the dispatcher) gets
+        # the same grace as in-flight publishes, then the server closes.
         uv = uvicorn.Config(
-            self.http, log_config=None, access_log=False, lifespan="off", proxy_headers=False
+            self.http,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            timeout_graceful_shutdown=int(self.settings.dispatch.shutdown_grace_seconds) + 1,
         )
         self._server = _Server(uv)
         self._tasks = [
