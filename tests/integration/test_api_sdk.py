@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.live_server import Live, needs_stack, serve
@@ -160,3 +162,26 @@ def test_malformed_bodies_are_base_errors_with_document_codes(
         sdk.posts.schedule(**{**body, **kwargs})
     assert type(bad.value) is errors.OutReplyError
     assert bad.value.code == code and 400 <= bad.value.status < 500
+
+
+def test_twenty_concurrent_identical_schedules_create_one_post(live: Live) -> None:
+    """20 concurrent POST /posts/schedule with one Idempotency-Key create exactly one post; every
+    answer is that post (a replay or the original) or 409 IDEMPOTENCY_KEY_IN_USE."""
+    token = live.token
+    page = live.page_id
+    body = {"page_id": page, "message": "exactly once", "scheduled_at": at(90)}
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "same-key-20"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as http:
+            calls = [http.post("/posts/schedule", json=body, headers=headers) for _ in range(20)]
+            return list(await asyncio.gather(*calls))
+
+    responses = asyncio.run(burst())
+    created = {r.json()["scheduled_post"]["id"] for r in responses if r.status_code == 201}
+    others = [r.json()["code"] for r in responses if r.status_code != 201]
+    assert len(created) == 1, [r.status_code for r in responses]
+    assert set(others) <= {"IDEMPOTENCY_KEY_IN_USE"}
+    with client(live, token) as sdk:
+        listed = sdk.posts.list_scheduled(page_id=page)["scheduled_posts"]
+    assert [p["id"] for p in listed if p["message"] == "exactly once"] == list(created)
