@@ -465,3 +465,39 @@ async def test_monthly_quota_refusal_writes_nothing(
     assert_error(second, 429, "MONTHLY_LIMIT_EXCEEDED")
     assert calls == ["publishes", "publishes"]
     assert await post_count(world) == 1
+
+
+async def test_eleventh_facebook_publish_in_an_hour_and_the_61_second_rule(
+    world: World,
+) -> None:
+    """Default Facebook limits: ten posts 61 s apart fit; the 11th in that hour is 429 with the
+    exact wait; 59 s after a neighbour is refused, 61 s is accepted."""
+    from daemon import services
+
+    async with world.app.sessions() as session, session.begin():
+        page = await services.add_page(
+            session,
+            brand_id=world.brand_a,
+            platform="facebook",
+            name="FB",
+            now=world.app.clock.now(),
+        )
+    headers = world.token("fb")
+    base = world.app.clock.now() + timedelta(hours=3)
+
+    async def schedule(seconds: float) -> Any:
+        at = (base + timedelta(seconds=seconds)).isoformat()
+        body = {"page_id": page.id, "message": f"fb {seconds}", "scheduled_at": at}
+        return await http.post("/posts/schedule", headers=headers, json=body)
+
+    async with world.client() as http:
+        for n in range(10):
+            assert (await schedule(61 * n)).status_code == 201, n
+        eleventh = assert_error(await schedule(61 * 10), 429, "PAGE_PUBLISH_GUARDRAIL")
+        assert (await schedule(3610)).status_code == 201  # the first post has left the hour
+        too_close = assert_error(await schedule(3610 + 59), 429, "PAGE_PUBLISH_GUARDRAIL")
+        assert (await schedule(3610 + 61)).status_code == 201
+    assert eleventh["rule"] == guardrails.PAGE_PER_HOUR
+    assert eleventh["retry_after_seconds"] == 3600 - 610  # the first leaves the hour at +3600 s
+    assert too_close["rule"] == guardrails.PAGE_MIN_GAP
+    assert too_close["retry_after_seconds"] == 1
