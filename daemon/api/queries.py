@@ -16,7 +16,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from sqlalchemy import and_, func, or_, select
@@ -44,6 +44,8 @@ SHORT_CODES = {
     "youtube": "YT",
 }
 _BY_CODE = {code.lower(): name for name, code in SHORT_CODES.items()}
+
+T = TypeVar("T")
 
 
 def postd(request: Request) -> App:
@@ -228,11 +230,15 @@ async def list_pages(
     return [page_item(page, name) for page, name in (await session.execute(stmt)).all()]
 
 
+def split_page(rows: list[T], limit: int) -> tuple[list[T], bool]:
+    """From ``limit + 1`` fetched rows: the first ``limit``, and whether there were more."""
+    return rows[:limit], len(rows) > limit
+
+
 def paged(key: str, rows: list[dict[str, Any]], limit: int, *sort: str) -> dict[str, Any]:
     """A list response from ``limit + 1`` fetched rows: the first ``limit`` under ``key``, and the
     opaque cursor of the last one (its ``sort`` fields, then its id) when there are more."""
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+    rows, has_more = split_page(rows, limit)
     cursor = None
     if has_more:
         last = rows[-1]

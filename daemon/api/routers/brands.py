@@ -50,8 +50,7 @@ async def list_brands(
         stmt = stmt.where(Brand.id > after[0])
     async with queries.read_session(queries.postd(request)) as session:
         brands = list(await session.scalars(stmt))
-        has_more = len(brands) > limit
-        brands = brands[:limit]
+        brands, has_more = queries.split_page(brands, limit)
         counts = await _pages_count(session, [b.id for b in brands])
     return {
         "brands": [queries.brand_item(b, counts.get(b.id, 0)) for b in brands],

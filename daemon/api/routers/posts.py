@@ -107,8 +107,7 @@ async def list_scheduled(
             await queries.reachable_page(session, principal, page_id)
             stmt = stmt.where(Post.page_id == page_id)
         posts = list(await session.scalars(stmt))
-    has_more = len(posts) > limit
-    posts = posts[:limit]
+    posts, has_more = queries.split_page(posts, limit)
     last = posts[-1] if has_more else None
     return {
         "scheduled_posts": [wire(p) for p in posts],
@@ -236,8 +235,7 @@ async def list_published(
             await queries.reachable_page(session, principal, page_id)
             stmt = stmt.where(Post.page_id == page_id)
         posts = list(await session.scalars(stmt))
-    has_more = len(posts) > limit
-    posts = posts[:limit]
+    posts, has_more = queries.split_page(posts, limit)
     last = posts[-1] if has_more else None
     return {
         "published_posts": [published_item(p) for p in posts],
