@@ -245,6 +245,31 @@ class SandboxTokenSettings(_Section):
     per_day: int = Field(default=50, ge=1)
 
 
+class NetguardSettings(_Section):
+    """Outbound URL policy (webhooks, media URLs). Both switches are for loopback development."""
+
+    allow_loopback: bool = False
+    allow_http: bool = False
+
+
+class WebhookSettings(_Section):
+    timeout_seconds: float = Field(default=10, gt=0, le=120)
+    # Wait before each retry, measured from the previous attempt; the delivery fails after the last.
+    retry_schedule_seconds: tuple[float, ...] = (30, 120, 600, 1800, 7200)
+    auto_disable_after: int = Field(default=20, ge=1)
+    rotation_grace_hours: float = Field(default=24, gt=0)
+    delivery_retention_days: int = Field(default=30, ge=1)
+    concurrency: int = Field(default=32, ge=1, le=1024)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(wait <= 0 for wait in value):
+            raise ValueError("every wait must be > 0 seconds")
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -264,6 +289,8 @@ class Settings(BaseModel):
     api: ApiSettings = ApiSettings()
     tiers: TierSettings = TierSettings()
     sandbox_tokens: SandboxTokenSettings = SandboxTokenSettings()
+    netguard: NetguardSettings = NetguardSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     logging: LoggingSettings = LoggingSettings()
     # Directory that relative paths in the file are resolved against (the file's own directory).
     base_dir: Path = Field(default=Path("."), exclude=True)
