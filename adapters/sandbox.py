@@ -144,6 +144,10 @@ class SandboxAdapter:
         self._rate_limit = rate_limit_per_minute
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        self._pending: dict[
+            asyncio.AbstractEventLoop,
+            list[tuple[base.PostPayload, bool, asyncio.Future[base.Published]]],
+        ] = {}
         Path(state_path).parent.mkdir(parents=True, exist_ok=True)
         self._db: sqlite3.Connection | None = sqlite3.connect(
             state_path, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -198,7 +202,7 @@ class SandboxAdapter:
         ambiguous = self._draw(self._ambiguous_rate)
         if latency:
             await asyncio.sleep(latency / 2)
-        published = self._admit_and_record(post, fails=fails)
+        published = await self._record(post, fails=fails)
         if latency:
             await asyncio.sleep(latency / 2)
         if ambiguous:
@@ -219,13 +223,49 @@ class SandboxAdapter:
         jitter = self._random.uniform(-self._jitter_ms, self._jitter_ms) if self._jitter_ms else 0.0
         return max(0.0, self._latency_ms + jitter) / 1000.0
 
-    def _admit_and_record(self, post: base.PostPayload, *, fails: bool) -> base.Published:
-        now = self._clock.now()
-        remote_id: str | None = None
-        with self._transaction() as db:
-            retry_after = self._rate_limited(db, post.page_id, now) if self._rate_limit else None
-            if retry_after is None and not fails:
-                remote_id = self._insert_post(db, post, now)
+    async def _record(self, post: base.PostPayload, *, fails: bool) -> base.Published:
+        """Admit and record one publish call, and answer once the record is committed.
+
+        Calls arriving in the same event-loop iteration share one transaction (group commit,
+        as a platform's own storage would do): a commit per call would cost more than all the
+        rest of a sandbox publish.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[base.Published] = loop.create_future()
+        pending = self._pending.setdefault(loop, [])
+        pending.append((post, fails, future))
+        if len(pending) == 1:
+            loop.call_soon(self._commit_pending, loop)
+        return await future
+
+    def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(loop, [])
+        answers: list[base.Published | base.AdapterError] = []
+        try:
+            with self._transaction() as db:
+                now = self._clock.now()
+                for post, fails, _ in batch:
+                    try:
+                        answers.append(self._admit_and_record(db, post, now, fails=fails))
+                    except base.AdapterError as exc:
+                        answers.append(exc)
+        except Exception as exc:  # nothing was recorded: every caller gets the error
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # the caller gave up (timeout): the platform has it anyway
+                continue
+            if isinstance(answer, base.AdapterError):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+    def _admit_and_record(
+        self, db: sqlite3.Connection, post: base.PostPayload, now: datetime, *, fails: bool
+    ) -> base.Published:
+        retry_after = self._rate_limited(db, post.page_id, now) if self._rate_limit else None
         if retry_after is not None:
             raise base.RetryableError(
                 "sandbox: too many publish calls on this page",
@@ -233,10 +273,11 @@ class SandboxAdapter:
                 retry_after=retry_after,
                 http_status=429,
             )
-        if fails or remote_id is None:
+        if fails:
             raise base.RetryableError(
                 "sandbox: service unavailable", code="SANDBOX_UNAVAILABLE", http_status=503
             )
+        remote_id = self._insert_post(db, post, now)
         return base.Published(remote_id, _permalink(post.page_id, remote_id), now)
 
     def _rate_limited(self, db: sqlite3.Connection, page_id: str, now: datetime) -> float | None:

@@ -26,6 +26,7 @@ from daemon.dispatch import claim, transitions
 from daemon.dispatch.finisher import Finisher
 from daemon.dispatch.outcomes import ClaimedPost, Outcome
 from daemon.dispatch.pipeline import Pipeline
+from daemon.dispatch.transitions import POSTS
 from daemon.metrics import Metrics
 from daemon.store import db
 from daemon.store.models import Post, PublishAttempt
@@ -76,12 +77,15 @@ class Dispatcher:
         self._arm_timer = arm or (lambda _when: None)
         self._armed: datetime | None = None
         self._postgres = sessions.kw["bind"].dialect.name == "postgresql"
-        self._finisher = Finisher(sessions, owner)
+        # One writer at a time in this process: on SQLite a second BEGIN IMMEDIATE would wait in
+        # SQLite's busy handler (sleeping up to 100 ms) instead of on this lock.
+        self._write_lock = asyncio.Lock()
+        self._finisher = Finisher(sessions, owner, self._write_lock)
         self._finisher_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
-        self._pass_lock = asyncio.Lock()
+        self._low_water = max(1, settings.dispatch.concurrency // 4)
         self.last_tick: datetime | None = None
 
     # -- limits -------------------------------------------------------------------------------
@@ -238,7 +242,7 @@ class Dispatcher:
 
     async def pass_once(self) -> PassResult:
         """Reconcile expired leases, then claim due posts, up to the free publish slots."""
-        async with self._pass_lock:
+        async with self._write_lock:
             if self._stopping or self._free_slots() <= 0:
                 return PassResult(0, 0, 0, 0)
             reconciling = await self._reap(self._free_slots())
@@ -256,12 +260,14 @@ class Dispatcher:
         now = self._clock.now()
         async with self._sessions() as session, session.begin():
             return await claim.claim(
-                session,
+                await session.connection(),
                 now=now,
                 owner=self.owner,
                 lease=timedelta(seconds=sched.lease_seconds),
                 limit=limit,
-                batch=max(self._settings.dispatch.batch_size, limit),
+                # Twice the free slots leaves room for deferrals without reading (and planning)
+                # a whole batch to claim a few posts.
+                batch=min(self._settings.dispatch.batch_size, max(2 * limit, 16)),
                 limits_for=self.limits_for,
                 catch_up=timedelta(seconds=sched.catch_up_seconds),
                 postgres=self._postgres,
@@ -271,14 +277,27 @@ class Dispatcher:
         now = self._clock.now()
         lease = timedelta(seconds=self._settings.scheduling.lease_seconds)
         async with self._sessions() as session, session.begin():
+            # A cheap probe first (every pass runs one): ids only, this process's own in-flight
+            # posts filtered here rather than by a NOT IN of every id in the query.
+            probe = (
+                select(POSTS.c.id)
+                .where(POSTS.c.state == lifecycle.PUBLISHING, POSTS.c.lease_expires_at <= now)
+                .order_by(POSTS.c.lease_expires_at)
+                .limit(limit + len(self._in_flight))
+            )
+            conn = await session.connection()
+            ids = [pid for pid in await conn.scalars(probe) if pid not in self._in_flight]
+            if not ids:
+                return 0
             stmt: Any = (
                 select(Post)
-                .where(Post.state == lifecycle.PUBLISHING, Post.lease_expires_at <= now)
+                .where(
+                    Post.id.in_(ids[:limit]),
+                    Post.state == lifecycle.PUBLISHING,
+                    Post.lease_expires_at <= now,
+                )
                 .order_by(Post.lease_expires_at)
-                .limit(limit)
             )
-            if self._in_flight:  # never take over what this process is still publishing
-                stmt = stmt.where(Post.id.not_in(list(self._in_flight)))
             if self._postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             posts = list(await session.scalars(stmt))
@@ -301,7 +320,9 @@ class Dispatcher:
         )
         rows = await session.scalars(select(PublishAttempt).where(PublishAttempt.id.in_(latest)))
         attempts = {a.post_id: a for a in rows}
-        pages = await transitions.page_refs(session, {p.page_id for p in posts})
+        pages = await transitions.external_ids(
+            await session.connection(), {p.page_id for p in posts}
+        )
         items = []
         for post in posts:
             attempt = attempts.get(post.id)
@@ -318,7 +339,11 @@ class Dispatcher:
             post.lease_owner, post.lease_expires_at = self.owner, until
             exclude = await self._attributed_elsewhere(session, post)
             item = transitions.claimed(
-                post, attempt.id, attempt.started_at, pages.get(post.page_id), reconcile=True
+                transitions.row_of(post),
+                attempt.id,
+                attempt.started_at,
+                pages.get(post.page_id),
+                reconcile=True,
             )
             items.append((item, exclude))
         return items
@@ -339,7 +364,10 @@ class Dispatcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         post_id = task.get_name().removeprefix("publish-")
         self._in_flight.pop(post_id, None)
-        self._wake.set()
+        # A pass costs about the same whether it claims one post or many: under load, claim
+        # once a quarter of the slots is free rather than after every publish.
+        if not self._in_flight or self._free_slots() >= self._low_water:
+            self._wake.set()
 
     async def _work(self, item: ClaimedPost, exclude: frozenset[str] | None) -> None:
         if item.reconcile:

@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from daemon.dispatch import transitions
 from daemon.dispatch.outcomes import Outcome
-from daemon.store.models import Post
 
 log = structlog.get_logger("postd.dispatch")
 MAX_GROUP = 500
 
 
 class Finisher:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], owner: str) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], owner: str, write_lock: asyncio.Lock
+    ) -> None:
         self._sessions = sessions
         self._owner = owner
+        self._write_lock = write_lock
         self._queue: asyncio.Queue[tuple[Outcome, asyncio.Future[bool]]] = asyncio.Queue()
         self.committed = 0
 
@@ -73,10 +73,7 @@ class Finisher:
                 future.set_result(id(outcome) not in lost_ids)
 
     async def _write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        ids = sorted({o.claimed.post_id for o in outcomes})
-        async with self._sessions() as session, session.begin():
-            stmt: Any = select(Post).where(Post.id.in_(ids))
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update()
-            posts = {p.id: p for p in await session.scalars(stmt)}
-            return await transitions.apply(session, posts, outcomes, self._owner)
+        async with self._write_lock, self._sessions() as session, session.begin():
+            conn = await session.connection()
+            lock = conn.dialect.name == "postgresql"
+            return await transitions.apply(conn, outcomes, self._owner, lock=lock)

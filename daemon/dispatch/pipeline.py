@@ -58,54 +58,20 @@ class Pipeline:
 
     async def publish(self, claimed: ClaimedPost) -> Outcome:
         """Publish once (plus inline retries of provably-failed tries); never raises."""
-        tries: list[TryRecord] = []
-        decision: list[retry.RetryDecision] = []
-        started = [self._clock.now()]
-
-        def should_retry(state: tenacity.RetryCallState) -> bool:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            if not isinstance(exc, base.RetryableError):
-                return False
-            now = self._clock.now()
-            decision.append(
-                retry.decide(
-                    self._policy,
-                    failures=claimed.attempts + state.attempt_number - 1,
-                    retry_after=exc.retry_after,
-                    first_attempt_at=claimed.first_attempt_at,
-                    now=now,
-                    jitter=self._rng.random(),
-                )
-            )
-            if not isinstance(decision[-1], retry.RetryInline):
-                return False
-            tries.append(_try(started[-1], now, exc))
-            return True
-
-        def wait(_state: tenacity.RetryCallState) -> float:
-            last = decision[-1]
-            return last.wait if isinstance(last, retry.RetryInline) else 0.0
-
-        async def call() -> base.Published:
-            started.append(self._clock.now())
-            return await self._adapter(claimed.platform).publish(claimed.payload)
-
-        retrying = tenacity.AsyncRetrying(
-            retry=should_retry, wait=wait, sleep=self._sleep, reraise=True
-        )
+        tries = _Tries(self, claimed)
         try:
             async with asyncio.timeout(self._timeout):
-                published: base.Published = await retrying(call)
+                published = await tries.run()
         except TimeoutError:
             out = Outcome("in_doubt", claimed, self._clock.now(), "in_doubt", keep_counted=True)
             out.error_class, out.code = "ambiguous", "PUBLISH_TIMEOUT"
             out.message = f"no answer within {self._timeout} s: reconciling with the platform"
         except Exception as exc:  # every error is classified below; none escapes a worker
-            out = self._failure(claimed, exc, decision[-1] if decision else None)
+            out = self._failure(claimed, exc, tries.decisions[-1] if tries.decisions else None)
         else:
             out = Outcome("published", claimed, self._clock.now(), "published", published)
-        out.extra_tries = tries
-        out.started_at = started[-1]
+        out.extra_tries = tries.failed
+        out.started_at = tries.started[-1]
         return out
 
     def _failure(
@@ -168,6 +134,64 @@ class Pipeline:
         out.code = lifecycle.PUBLISH_IN_DOUBT
         out.message = "the platform cannot tell whether it was published; not retried (policy)"
         return out
+
+
+class _Tries:
+    """The platform calls of one publish: the first is made directly (most succeed, and
+    tenacity's bookkeeping costs more than a fast platform call); tenacity makes the retries
+    the pure retry policy allows inline."""
+
+    def __init__(self, pipeline: Pipeline, claimed: ClaimedPost) -> None:
+        self._pipeline = pipeline
+        self._claimed = claimed
+        self.failed: list[TryRecord] = []  # the tries that were retried
+        self.decisions: list[retry.RetryDecision] = []
+        self.started = [pipeline._clock.now()]
+
+    async def run(self) -> base.Published:
+        try:
+            return await self._call()
+        except base.RetryableError as exc:
+            if not self._retryable(exc, 1):
+                raise
+        await self._pipeline._sleep(self._wait(None))
+        retrying = tenacity.AsyncRetrying(
+            retry=self._should_retry, wait=self._wait, sleep=self._pipeline._sleep, reraise=True
+        )
+        published: base.Published = await retrying(self._call)
+        return published
+
+    async def _call(self) -> base.Published:
+        self.started.append(self._pipeline._clock.now())
+        claimed = self._claimed
+        return await self._pipeline._adapter(claimed.platform).publish(claimed.payload)
+
+    def _retryable(self, exc: BaseException | None, attempt: int) -> bool:
+        if not isinstance(exc, base.RetryableError):
+            return False
+        pipeline, now = self._pipeline, self._pipeline._clock.now()
+        self.decisions.append(
+            retry.decide(
+                pipeline._policy,
+                failures=self._claimed.attempts + attempt - 1,
+                retry_after=exc.retry_after,
+                first_attempt_at=self._claimed.first_attempt_at,
+                now=now,
+                jitter=pipeline._rng.random(),
+            )
+        )
+        if not isinstance(self.decisions[-1], retry.RetryInline):
+            return False
+        self.failed.append(_try(self.started[-1], now, exc))
+        return True
+
+    def _should_retry(self, state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return self._retryable(exc, state.attempt_number + 1)  # try 1 ran before tenacity
+
+    def _wait(self, _state: tenacity.RetryCallState | None) -> float:
+        last = self.decisions[-1]
+        return last.wait if isinstance(last, retry.RetryInline) else 0.0
 
 
 def _try(started: datetime, finished: datetime, exc: Exception) -> TryRecord:

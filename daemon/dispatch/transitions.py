@@ -1,13 +1,22 @@
 """Store-side transitions of the lifecycle: each writes the post's new state together with its
-outbox event and attempt row in the caller's transaction (no event without its state change)."""
+outbox event and attempt row in the caller's transaction (no event without its state change).
+
+The dispatcher's hot path works on *rows* (a post's column values, read by :data:`POST_COLUMNS`)
+rather than ORM objects: a transition is a pure function from a row to the values it changes, and
+a batch of changes is written with one statement per shape (``executemany``). Loading, tracking
+and flushing ORM objects cost several times what the publish itself costs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, func, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import base
 from daemon import lifecycle
@@ -17,26 +26,66 @@ from daemon.store.models import Brand, OutboxEvent, Page, Post, PublishAttempt
 
 NEVER_RETRY = timedelta(hours=24)
 
+Row = dict[str, Any]
+
+POSTS = cast(Table, Post.__table__)
+ATTEMPTS = cast(Table, PublishAttempt.__table__)
+PAGES = cast(Table, Page.__table__)
+VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(lifecycle.PostView))
+# What a claim, a transition and an event need of a post.
+POST_COLUMNS = tuple(
+    POSTS.c[name]
+    for name in (
+        *VIEW_FIELDS,
+        "due_at",
+        "attempts",
+        "first_attempt_at",
+        "options",
+        "lease_owner",
+    )
+)
+
+
+def row_of(post: Post) -> Row:
+    """An ORM post's values as a row (for the paths that still load objects)."""
+    return {column.key: getattr(post, column.key) for column in POST_COLUMNS}
+
+
+def view_of(row: Mapping[str, Any]) -> lifecycle.PostView:
+    values = {name: row[name] for name in VIEW_FIELDS}
+    values["media"] = list(row["media"] or [])
+    return lifecycle.PostView(**values)
+
 
 def view(post: Post) -> lifecycle.PostView:
-    return lifecycle.PostView(
-        id=post.id,
-        page_id=post.page_id,
-        brand_id=post.brand_id,
-        platform=post.platform,
-        state=post.state,
-        message=post.message,
-        media=list(post.media or []),
-        first_comment=post.first_comment,
-        scheduled_at=post.scheduled_at,
-        created_at=post.created_at,
-        remote_id=post.remote_id,
-        permalink=post.permalink,
-        published_at=post.published_at,
-        error_code=post.error_code,
-        error_message=post.error_message,
-        first_comment_status=post.first_comment_status,
-    )
+    return view_of(row_of(post))
+
+
+async def select_rows(
+    conn: AsyncConnection, ids: Iterable[str], *, lock: bool = False
+) -> dict[str, Row]:
+    stmt = select(*POST_COLUMNS).where(POSTS.c.id.in_(sorted(ids)))
+    if lock:
+        stmt = stmt.with_for_update()
+    return {row.id: dict(row._mapping) for row in await conn.execute(stmt)}
+
+
+async def update_rows(
+    conn: AsyncConnection, table: Any, changes: Sequence[tuple[Any, Row]]
+) -> None:
+    """Write ``(primary key, {column: value})`` pairs: one executemany per set of columns."""
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for key, values in changes:
+        shapes[tuple(sorted(values))].append(
+            {"k_id": key, **{f"v_{name}": value for name, value in values.items()}}
+        )
+    for names, params in shapes.items():
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("k_id"))
+            .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in names})
+        )
+        await conn.execute(stmt, params)
 
 
 class Events:
@@ -46,18 +95,19 @@ class Events:
     def __init__(self) -> None:
         self._pending: list[tuple[str, lifecycle.PostView, datetime]] = []
 
-    def emit(self, post: Post, now: datetime) -> None:
+    def emit(self, row: Mapping[str, Any], now: datetime) -> None:
         """Record the event of the post's (terminal) state, as it is now."""
-        self._pending.append((lifecycle.EVENT_FOR_STATE[post.state], view(post), now))
+        self._pending.append((lifecycle.EVENT_FOR_STATE[row["state"]], view_of(row), now))
 
-    async def write(self, session: AsyncSession) -> int:
+    async def write(self, conn: AsyncConnection) -> int:
         if not self._pending:
             return 0
+        brands = Brand.__table__
         brand_ids = sorted({v.brand_id for _, v, _ in self._pending})
         owners: dict[str, str | None] = {
             bid: owner
-            for bid, owner in await session.execute(
-                select(Brand.id, Brand.owner_id).where(Brand.id.in_(brand_ids))
+            for bid, owner in await conn.execute(
+                select(brands.c.id, brands.c.owner_id).where(brands.c.id.in_(brand_ids))
             )
         }
         rows = [
@@ -71,92 +121,222 @@ class Events:
             }
             for event, v, now in self._pending
         ]
-        await session.execute(insert(OutboxEvent), rows)
+        await conn.execute(insert(OutboxEvent), rows)
         written = len(rows)
         self._pending.clear()
         return written
 
 
-def defer(post: Post, action: plan.Defer, now: datetime) -> None:
-    lifecycle.check(post.state, lifecycle.SCHEDULED)
+# -- transitions: pure, row in, changed values out ------------------------------------------------
+
+
+def deferred(row: Mapping[str, Any], action: plan.Defer, now: datetime) -> Row:
+    lifecycle.check(row["state"], lifecycle.SCHEDULED)
     not_before = action.not_before or now + NEVER_RETRY
-    post.not_before = not_before
-    post.due_at = max(post.scheduled_at, not_before)
-    post.defer_reason = f"{action.code}: {action.reason}"
-    post.updated_at = now
+    return {
+        "not_before": not_before,
+        "due_at": max(row["scheduled_at"], not_before),
+        "defer_reason": f"{action.code}: {action.reason}",
+        "updated_at": now,
+    }
 
 
-def miss(events: Events, post: Post, action: plan.Miss, now: datetime) -> None:
-    lifecycle.check(post.state, lifecycle.FAILED)
-    post.state = lifecycle.FAILED
-    post.error_code = lifecycle.MISSED
-    post.error_message = (
-        f"overdue by {action.overdue_seconds} s, past the catch-up window: not published"
-    )
-    post.updated_at = now
-    events.emit(post, now)
+def missed(row: Mapping[str, Any], action: plan.Miss, now: datetime) -> Row:
+    lifecycle.check(row["state"], lifecycle.FAILED)
+    return {
+        "state": lifecycle.FAILED,
+        "error_code": lifecycle.MISSED,
+        "error_message": (
+            f"overdue by {action.overdue_seconds} s, past the catch-up window: not published"
+        ),
+        "updated_at": now,
+    }
 
 
-async def page_refs(session: AsyncSession, page_ids: set[str]) -> dict[str, Page]:
+def claiming(row: Mapping[str, Any], now: datetime, owner: str, until: datetime) -> Row:
+    """What a claim changes (:func:`claim_rows` writes the same as one statement)."""
+    lifecycle.check(row["state"], lifecycle.PUBLISHING)
+    return {
+        "state": lifecycle.PUBLISHING,
+        "lease_owner": owner,
+        "lease_expires_at": until,
+        "attempts": row["attempts"] + 1,
+        "counted_at": now,
+        "first_attempt_at": row["first_attempt_at"] or now,
+        "updated_at": now,
+    }
+
+
+def finished(row: Mapping[str, Any], outcome: Outcome) -> Row:
+    """What a publish outcome changes on its post."""
+    now = outcome.finished_at
+    if outcome.kind == "in_doubt":
+        # Stays publishing and counted; when the lease ends, reconciliation takes it over
+        # (at once after an ambiguous publish, later when the platform could not be asked).
+        return {
+            "updated_at": now,
+            "lease_expires_at": outcome.not_before or now,
+            "error_code": outcome.code,
+            "error_message": outcome.message,
+        }
+    changes: Row = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
+    if outcome.kind == "published" and outcome.published is not None:
+        lifecycle.check(row["state"], lifecycle.PUBLISHED)
+        changes.update(
+            state=lifecycle.PUBLISHED,
+            remote_id=outcome.published.remote_id,
+            permalink=outcome.published.permalink,
+            published_at=outcome.published.published_at,
+            counted_at=outcome.published.published_at,
+            error_code=None,
+            error_message=None,
+            defer_reason=None,
+        )
+    elif outcome.kind in ("reschedule", "release"):
+        lifecycle.check(row["state"], lifecycle.SCHEDULED)
+        not_before = outcome.not_before or now
+        changes.update(
+            state=lifecycle.SCHEDULED,
+            not_before=not_before,
+            due_at=max(row["scheduled_at"], not_before),
+            counted_at=None,
+            error_code=outcome.code,
+            error_message=outcome.message,
+            defer_reason=outcome.message,
+        )
+        if outcome.kind == "release":
+            changes["attempts"] = max(row["attempts"] - 1, 0)
+    else:
+        lifecycle.check(row["state"], lifecycle.FAILED)
+        changes.update(
+            state=lifecycle.FAILED, error_code=outcome.code, error_message=outcome.message
+        )
+        if not outcome.keep_counted:
+            changes["counted_at"] = None
+    return changes
+
+
+# -- claims -------------------------------------------------------------------------------------
+
+
+async def external_ids(conn: AsyncConnection, page_ids: set[str]) -> dict[str, str | None]:
     if not page_ids:
         return {}
-    rows = await session.scalars(select(Page).where(Page.id.in_(sorted(page_ids))))
-    return {page.id: page for page in rows}
+    stmt = select(PAGES.c.id, PAGES.c.external_id).where(PAGES.c.id.in_(sorted(page_ids)))
+    return {pid: ext for pid, ext in await conn.execute(stmt)}
 
 
-def payload(post: Post, page: Page | None) -> base.PostPayload:
+def payload(row: Mapping[str, Any], external_id: str | None) -> base.PostPayload:
     media = tuple(
         base.MediaItem(
             url=str(m.get("src") or m.get("url")),
             kind=str(m.get("type", "photo")),
             mime_type=m.get("mime_type"),
         )
-        for m in (post.media or [])
+        for m in (row["media"] or [])
     )
     return base.PostPayload(
-        post_id=post.id,
-        page_id=post.page_id,
-        platform=post.platform,
-        message=post.message,
+        post_id=row["id"],
+        page_id=row["page_id"],
+        platform=row["platform"],
+        message=row["message"],
         media=media,
-        first_comment=post.first_comment,
-        options=dict(post.options or {}),
-        page_external_id=page.external_id if page is not None else None,
+        first_comment=row["first_comment"],
+        options=dict(row["options"] or {}),
+        page_external_id=external_id,
     )
 
 
 def claimed(
-    post: Post,
+    row: Mapping[str, Any],
     attempt_id: int,
     started_at: datetime,
-    page: Page | None,
+    external_id: str | None,
     *,
     reconcile: bool = False,
 ) -> ClaimedPost:
     return ClaimedPost(
-        post_id=post.id,
-        page_id=post.page_id,
-        brand_id=post.brand_id,
-        platform=post.platform,
-        scheduled_at=post.scheduled_at,
-        due_at=post.due_at,
-        attempts=post.attempts,
+        post_id=row["id"],
+        page_id=row["page_id"],
+        brand_id=row["brand_id"],
+        platform=row["platform"],
+        scheduled_at=row["scheduled_at"],
+        due_at=row["due_at"],
+        attempts=row["attempts"],
         attempt_id=attempt_id,
         attempt_started_at=started_at,
-        first_attempt_at=post.first_attempt_at or started_at,
-        payload=payload(post, page),
+        first_attempt_at=row["first_attempt_at"] or started_at,
+        payload=payload(row, external_id),
         reconcile=reconcile,
     )
 
 
-def _fill(row: PublishAttempt, tried: TryRecord, outcome: str) -> None:
-    row.finished_at = tried.finished_at
-    row.outcome = outcome
-    row.error_class = tried.error_class
-    row.error_code = tried.error_code
-    row.http_status = tried.http_status
-    row.excerpt = (tried.excerpt or "")[:500] or None
-    row.duration_ms = max(int((tried.finished_at - tried.started_at).total_seconds() * 1000), 0)
+async def claim_rows(
+    conn: AsyncConnection, rows: Sequence[Row], *, now: datetime, owner: str, until: datetime
+) -> list[ClaimedPost]:
+    """Claim ``rows`` (scheduled, decided publishable): publishing under ``owner``'s lease until
+    ``until``, one attempt row each."""
+    if not rows:
+        return []
+    for row in rows:
+        row.update(claiming(row, now, owner, until))
+    # The same changes as one statement: they differ only by the post's own counters.
+    await conn.execute(
+        update(POSTS)
+        .where(POSTS.c.id.in_([row["id"] for row in rows]))
+        .values(
+            state=lifecycle.PUBLISHING,
+            lease_owner=owner,
+            lease_expires_at=until,
+            attempts=POSTS.c.attempts + 1,
+            counted_at=now,
+            first_attempt_at=func.coalesce(
+                POSTS.c.first_attempt_at, literal(now, POSTS.c.first_attempt_at.type)
+            ),
+            updated_at=now,
+        )
+    )
+    started = [
+        {
+            "post_id": row["id"],
+            "number": row["attempts"],
+            "instance": owner,
+            "started_at": now,
+            "outcome": "started",
+        }
+        for row in rows
+    ]
+    # One multi-row insert (RETURNING in parameter order would cost one statement per row on
+    # SQLite), then the new rows' ids: the newest attempt of each post is the one just written.
+    await conn.execute(insert(ATTEMPTS), started)
+    attempt_ids = await latest_attempts(conn, [row["id"] for row in rows])
+    pages = await external_ids(conn, {row["page_id"] for row in rows})
+    return [claimed(row, attempt_ids[row["id"]], now, pages.get(row["page_id"])) for row in rows]
+
+
+async def latest_attempts(conn: AsyncConnection, post_ids: Iterable[str]) -> dict[str, int]:
+    """The id of each post's newest attempt row."""
+    stmt = (
+        select(ATTEMPTS.c.post_id, func.max(ATTEMPTS.c.id))
+        .where(ATTEMPTS.c.post_id.in_(sorted(post_ids)))
+        .group_by(ATTEMPTS.c.post_id)
+    )
+    return {pid: aid for pid, aid in await conn.execute(stmt)}
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+
+
+def _tried(tried: TryRecord, outcome: str) -> Row:
+    return {
+        "finished_at": tried.finished_at,
+        "outcome": outcome,
+        "error_class": tried.error_class,
+        "error_code": tried.error_code,
+        "http_status": tried.http_status,
+        "excerpt": (tried.excerpt or "")[:500] or None,
+        "duration_ms": max(int((tried.finished_at - tried.started_at).total_seconds() * 1000), 0),
+    }
 
 
 def _final_try(outcome: Outcome) -> TryRecord:
@@ -170,101 +350,101 @@ def _final_try(outcome: Outcome) -> TryRecord:
     )
 
 
-def record_attempts(
-    session: AsyncSession, post: Post, row: PublishAttempt | None, outcome: Outcome, owner: str
-) -> None:
-    """Write the attempt log: the claim's row takes the first try, later tries get new rows."""
-    if row is None:
-        return
-    if outcome.claimed.reconcile:
-        # The row is the in-doubt attempt: keep what is known of it, add how it was resolved.
-        row.outcome = f"{row.outcome}>{outcome.attempt_outcome}"[:32]
-        row.finished_at = row.finished_at or outcome.finished_at
-        return
-    tries = [*outcome.extra_tries, _final_try(outcome)]
-    outcomes = ["retry"] * len(outcome.extra_tries) + [outcome.attempt_outcome]
-    _fill(row, tries[0], outcomes[0])
-    for number, (tried, label) in enumerate(zip(tries[1:], outcomes[1:], strict=True), 1):
-        extra = PublishAttempt(
-            post_id=post.id, number=row.number + number, instance=owner, started_at=tried.started_at
-        )
-        _fill(extra, tried, label)
-        session.add(extra)
-    post.attempts = row.number + len(tries) - 1
+class _AttemptLog:
+    """The attempt-log writes of one group of outcomes."""
+
+    def __init__(self, in_doubt: Mapping[int, Row]) -> None:
+        self._in_doubt = in_doubt  # the attempts being reconciled: outcome, finished_at
+        self.updates: list[tuple[int, Row]] = []
+        self.inserts: list[Row] = []
+
+    def record(self, outcome: Outcome, owner: str) -> int | None:
+        """Log the outcome's tries; return the post's new attempt count (None: unchanged).
+
+        The claim's row takes the first try, later (inline) tries get new rows. A reconciled
+        attempt keeps what is known of it and adds how it was resolved.
+        """
+        attempt_id = outcome.claimed.attempt_id
+        if outcome.claimed.reconcile:
+            known = self._in_doubt[attempt_id]
+            self.updates.append(
+                (
+                    attempt_id,
+                    {
+                        "outcome": f"{known['outcome']}>{outcome.attempt_outcome}"[:32],
+                        "finished_at": known["finished_at"] or outcome.finished_at,
+                    },
+                )
+            )
+            return None
+        tries = [*outcome.extra_tries, _final_try(outcome)]
+        labels = ["retry"] * len(outcome.extra_tries) + [outcome.attempt_outcome]
+        self.updates.append((attempt_id, _tried(tries[0], labels[0])))
+        number = outcome.claimed.attempts
+        for offset, (tried, label) in enumerate(zip(tries[1:], labels[1:], strict=True), 1):
+            self.inserts.append(
+                {
+                    "post_id": outcome.claimed.post_id,
+                    "number": number + offset,
+                    "instance": owner,
+                    "started_at": tried.started_at,
+                    **_tried(tried, label),
+                }
+            )
+        return number + len(tries) - 1 if outcome.extra_tries else None
+
+    async def write(self, conn: AsyncConnection) -> None:
+        await update_rows(conn, ATTEMPTS, self.updates)
+        if self.inserts:
+            await conn.execute(insert(ATTEMPTS), self.inserts)
 
 
 async def apply(
-    session: AsyncSession, posts: dict[str, Post], outcomes: Sequence[Outcome], owner: str
+    conn: AsyncConnection, outcomes: Sequence[Outcome], owner: str, *, lock: bool = False
 ) -> list[Outcome]:
     """Apply finished publishes. An outcome applies only to the claim it came from: the post is
     still publishing under this instance's lease *and* its latest attempt is the outcome's. Others
     (the post was reconciled and claimed again meanwhile) are skipped and returned."""
-    attempt_ids = [o.claimed.attempt_id for o in outcomes]
-    latest_stmt = (
-        select(PublishAttempt.post_id, func.max(PublishAttempt.id))
-        .where(PublishAttempt.post_id.in_(sorted(posts)))
-        .group_by(PublishAttempt.post_id)
-    )
-    latest: dict[str, int] = {pid: aid for pid, aid in await session.execute(latest_stmt)}
-    attempts = {
-        a.id: a
-        for a in await session.scalars(
-            select(PublishAttempt).where(PublishAttempt.id.in_(attempt_ids))
+    rows = await select_rows(conn, {o.claimed.post_id for o in outcomes}, lock=lock)
+    latest = await latest_attempts(conn, rows)
+    in_doubt_ids = [o.claimed.attempt_id for o in outcomes if o.claimed.reconcile]
+    in_doubt: dict[int, Row] = {}
+    if in_doubt_ids:
+        stmt = select(ATTEMPTS.c.id, ATTEMPTS.c.outcome, ATTEMPTS.c.finished_at).where(
+            ATTEMPTS.c.id.in_(in_doubt_ids)
         )
-    }
+        in_doubt = {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
     lost: list[Outcome] = []
+    log = _AttemptLog(in_doubt)
     events = Events()
+    post_changes: list[tuple[str, Row]] = []
+    reauth: list[tuple[str, Row]] = []
     for outcome in outcomes:
-        post = posts.get(outcome.claimed.post_id)
+        row = rows.get(outcome.claimed.post_id)
         if (
-            post is None
-            or post.state != lifecycle.PUBLISHING
-            or post.lease_owner != owner
-            or latest.get(post.id) != outcome.claimed.attempt_id
+            row is None
+            or row["state"] != lifecycle.PUBLISHING
+            or row["lease_owner"] != owner
+            or latest.get(row["id"]) != outcome.claimed.attempt_id
         ):
             lost.append(outcome)
             continue
-        record_attempts(session, post, attempts.get(outcome.claimed.attempt_id), outcome, owner)
-        await _transition(session, post, outcome, events)
-    await events.write(session)
-    return lost
-
-
-async def _transition(session: AsyncSession, post: Post, outcome: Outcome, events: Events) -> None:
-    now = outcome.finished_at
-    post.updated_at = now
-    if outcome.kind == "in_doubt":
-        # Stays publishing and counted; when the lease ends, reconciliation takes it over
-        # (at once after an ambiguous publish, later when the platform could not be asked).
-        post.lease_expires_at = outcome.not_before or now
-        post.error_code, post.error_message = outcome.code, outcome.message
-        return
-    post.lease_owner = None
-    post.lease_expires_at = None
-    if outcome.kind == "published" and outcome.published is not None:
-        post.state = lifecycle.PUBLISHED
-        post.remote_id = outcome.published.remote_id
-        post.permalink = outcome.published.permalink
-        post.published_at = outcome.published.published_at
-        post.counted_at = outcome.published.published_at
-        post.error_code = post.error_message = post.defer_reason = None
-        events.emit(post, now)
-    elif outcome.kind in ("reschedule", "release"):
-        post.state = lifecycle.SCHEDULED
-        post.not_before = outcome.not_before or now
-        post.due_at = max(post.scheduled_at, post.not_before)
-        post.counted_at = None
-        post.error_code, post.error_message = outcome.code, outcome.message
-        post.defer_reason = outcome.message
-        if outcome.kind == "release":
-            post.attempts = max(post.attempts - 1, 0)
-    else:
-        post.state = lifecycle.FAILED
-        post.error_code, post.error_message = outcome.code, outcome.message
-        if not outcome.keep_counted:
-            post.counted_at = None
+        attempts = log.record(outcome, owner)  # inline retries add tries to the count
+        if attempts is not None:
+            row["attempts"] = attempts
+        changes = finished(row, outcome)
+        if attempts is not None:
+            changes.setdefault("attempts", attempts)
+        row.update(changes)
+        post_changes.append((row["id"], changes))
         if outcome.page_needs_reauth:
-            page = await session.get(Page, post.page_id)
-            if page is not None:
-                page.status, page.status_reason = "needs_reauth", outcome.message
-        events.emit(post, now)
+            reauth.append(
+                (row["page_id"], {"status": "needs_reauth", "status_reason": outcome.message})
+            )
+        if row["state"] in lifecycle.EVENT_FOR_STATE and "state" in changes:
+            events.emit(row, outcome.finished_at)
+    await update_rows(conn, POSTS, post_changes)
+    await log.write(conn)
+    await update_rows(conn, PAGES, reauth)
+    await events.write(conn)
+    return lost

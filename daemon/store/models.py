@@ -6,6 +6,7 @@ One schema for SQLite and PostgreSQL. Every timestamp is timezone-aware UTC on t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,13 @@ ID = String(24)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Stores UTC; always returns timezone-aware UTC datetimes (SQLite keeps no zone)."""
+    """Stores UTC; always returns timezone-aware UTC datetimes (SQLite keeps no zone).
+
+    On SQLite the value is stored as SQLAlchemy's DATETIME stores it (``YYYY-MM-DD
+    HH:MM:SS.ffffff``, so text order is time order), but converted by ``isoformat`` and
+    ``fromisoformat`` instead of the dialect's %-formatting and regex: this runs for every
+    timestamp the dispatcher writes or reads.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -45,6 +52,26 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        to_store = self.process_bind_param
+
+        def process(value: datetime | None) -> str | None:
+            stored = to_store(value, dialect)
+            return None if stored is None else stored.isoformat(" ", "microseconds")
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: str | None) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+        return process
 
 
 class Base(DeclarativeBase):
