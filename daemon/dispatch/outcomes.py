@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from adapters import base
 
@@ -25,6 +26,10 @@ class ClaimedPost:
     first_attempt_at: datetime  # the retry deadline counts from here
     payload: base.PostPayload
     reconcile: bool = False  # taken over after a lease expired: reconcile, do not publish
+    # The post's column values as claimed. While it is publishing nothing else may change them
+    # (edits and cancels are refused), so its outcome is applied to these plus the state and
+    # lease read again under the finishing transaction.
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

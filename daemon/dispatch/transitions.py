@@ -61,15 +61,6 @@ def view(post: Post) -> lifecycle.PostView:
     return view_of(row_of(post))
 
 
-async def select_rows(
-    conn: AsyncConnection, ids: Iterable[str], *, lock: bool = False
-) -> dict[str, Row]:
-    stmt = select(*POST_COLUMNS).where(POSTS.c.id.in_(sorted(ids)))
-    if lock:
-        stmt = stmt.with_for_update()
-    return {row.id: dict(row._mapping) for row in await conn.execute(stmt)}
-
-
 async def update_rows(
     conn: AsyncConnection, table: Any, changes: Sequence[tuple[Any, Row]]
 ) -> None:
@@ -268,6 +259,7 @@ def claimed(
         first_attempt_at=row["first_attempt_at"] or started_at,
         payload=payload(row, external_id),
         reconcile=reconcile,
+        row=dict(row),
     )
 
 
@@ -405,8 +397,12 @@ async def apply(
     """Apply finished publishes. An outcome applies only to the claim it came from: the post is
     still publishing under this instance's lease *and* its latest attempt is the outcome's. Others
     (the post was reconciled and claimed again meanwhile) are skipped and returned."""
-    rows = await select_rows(conn, {o.claimed.post_id for o in outcomes}, lock=lock)
-    latest = await latest_attempts(conn, rows)
+    ids = sorted({o.claimed.post_id for o in outcomes})
+    fence = select(POSTS.c.id, POSTS.c.state, POSTS.c.lease_owner).where(POSTS.c.id.in_(ids))
+    if lock:
+        fence = fence.with_for_update()
+    current = {pid: (state, owner) for pid, state, owner in await conn.execute(fence)}
+    latest = await latest_attempts(conn, current)
     in_doubt_ids = [o.claimed.attempt_id for o in outcomes if o.claimed.reconcile]
     in_doubt: dict[int, Row] = {}
     if in_doubt_ids:
@@ -420,15 +416,14 @@ async def apply(
     post_changes: list[tuple[str, Row]] = []
     reauth: list[tuple[str, Row]] = []
     for outcome in outcomes:
-        row = rows.get(outcome.claimed.post_id)
+        post_id = outcome.claimed.post_id
         if (
-            row is None
-            or row["state"] != lifecycle.PUBLISHING
-            or row["lease_owner"] != owner
-            or latest.get(row["id"]) != outcome.claimed.attempt_id
+            current.get(post_id) != (lifecycle.PUBLISHING, owner)
+            or latest.get(post_id) != outcome.claimed.attempt_id
         ):
             lost.append(outcome)
             continue
+        row = {**outcome.claimed.row, "state": lifecycle.PUBLISHING, "lease_owner": owner}
         attempts = log.record(outcome, owner)  # inline retries add tries to the count
         if attempts is not None:
             row["attempts"] = attempts
