@@ -56,11 +56,15 @@ class UTCDateTime(TypeDecorator[datetime]):
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
-        to_store = self.process_bind_param
 
         def process(value: datetime | None) -> str | None:
-            stored = to_store(value, dialect)
-            return None if stored is None else stored.isoformat(" ", "microseconds")
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime reached the store")
+            if value.tzinfo is not UTC:
+                value = value.astimezone(UTC)
+            return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
 
         return process
 
