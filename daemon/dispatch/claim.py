@@ -11,6 +11,7 @@ flight, in doubt), so the counts hold across restarts and across instances:
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,7 @@ async def claim(
     postgres: bool,
 ) -> ClaimResult:
     """Run one claiming pass inside the caller's transaction (the caller commits)."""
+    limits_for = functools.cache(limits_for)  # the same for the whole pass; asked per post
     rows = await _candidates(conn, now, batch, postgres)
     if not rows:
         return ClaimResult([], [], 0, 0)

@@ -265,9 +265,10 @@ class Dispatcher:
                 owner=self.owner,
                 lease=timedelta(seconds=sched.lease_seconds),
                 limit=limit,
-                # Twice the free slots leaves room for deferrals without reading (and planning)
-                # a whole batch to claim a few posts.
-                batch=min(self._settings.dispatch.batch_size, max(2 * limit, 16)),
+                # The free slots and a little more, for the posts a guardrail defers: reading
+                # and planning a whole batch to claim a few posts costs more than another pass
+                # (which _settle runs while a pass claims and slots remain).
+                batch=min(self._settings.dispatch.batch_size, limit + max(16, limit // 8)),
                 limits_for=self.limits_for,
                 catch_up=timedelta(seconds=sched.catch_up_seconds),
                 postgres=self._postgres,
