@@ -9,18 +9,19 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import structlog
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from adapters import base, sandbox
-from daemon import __version__, config, systemd
+from adapters import _http, base, bluesky, mastodon, sandbox
+from daemon import __version__, config, credentials, netguard, systemd
 from daemon import clock as clock_mod
 from daemon.api import errors as api_errors
 from daemon.api import gate, idempotency, limits, ops, v1
@@ -28,19 +29,90 @@ from daemon.dispatch import retry
 from daemon.dispatch.dispatcher import Dispatcher
 from daemon.dispatch.pipeline import Pipeline
 from daemon.errors import PostdError
+from daemon.events import deliverer as webhook_deliverer
+from daemon.events import sender as webhook_sender
+from daemon.events import store as webhook_store
+from daemon.events import wakeup as webhook_wakeup
 from daemon.metrics import Metrics
 from daemon.store import db, notify
 
 log = structlog.get_logger("postd")
 DUE_JOB = "dispatch-due"
+WEBHOOK_JOB = "webhooks-due"
 
 
-def build_adapters(settings: config.Settings, clock: clock_mod.Clock) -> dict[str, base.Adapter]:
+def build_adapters(
+    settings: config.Settings,
+    clock: clock_mod.Clock,
+    engine: AsyncEngine | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> dict[str, base.Adapter]:
+    """Every platform adapter. Credentialed platforms read a page's credentials from the store
+    through ``engine`` by page id (none given: the adapters can only validate, as in the CLI);
+    ``sleep`` paces media-processing polls."""
+    conf = settings.platforms
+    store: _http.CredentialStore = (
+        _http.NoCredentials() if engine is None else credentials.PageCredentials(engine, settings)
+    )
+    timeouts = _http.Timeouts(connect=conf.connect_timeout_seconds, read=conf.read_timeout_seconds)
+    fetch = MediaFetcher(netguard.Policy.from_settings(settings.netguard), timeouts.read)
     return {
         "sandbox": sandbox.SandboxAdapter.from_settings(
             settings.sandbox, settings.sandbox_state_path, clock
-        )
+        ),
+        "mastodon": mastodon.MastodonAdapter(
+            store,
+            now=clock.now,
+            fetch_media=fetch,
+            api_base=conf.mastodon.api_base,
+            timeouts=timeouts,
+            sleep=sleep,
+            media_poll_seconds=conf.media_poll_seconds,
+            media_poll_max_seconds=conf.media_poll_max_seconds,
+        ),
+        "bluesky": bluesky.BlueskyAdapter(
+            store,
+            now=clock.now,
+            fetch_media=fetch,
+            api_base=conf.bluesky.api_base,
+            timeouts=timeouts,
+        ),
     }
+
+
+class MediaFetcher:
+    """Fetches a post's media for upload through the SSRF policy (netguard), size-capped."""
+
+    def __init__(self, policy: netguard.Policy, timeout: float) -> None:
+        self._policy, self._timeout = policy, timeout
+
+    async def __call__(self, item: base.MediaItem, max_bytes: int) -> _http.MediaBlob:
+        try:
+            response = await netguard.fetch_checked(
+                "GET",
+                item.url,
+                self._policy,
+                timeout_seconds=self._timeout,
+                user_agent=_http.USER_AGENT,
+                max_body=max_bytes + 1,
+            )
+        except netguard.UnsafeURL as exc:
+            raise base.PermanentError(str(exc), code="UNSAFE_MEDIA_URL") from exc
+        except (netguard.UnresolvableHost, httpx.HTTPError) as exc:
+            raise base.RetryableError(f"media fetch: {exc}", code="MEDIA_FETCH_FAILED") from exc
+        if response.status_code != 200:
+            error = base.RetryableError if response.status_code >= 500 else base.PermanentError
+            raise error(
+                f"media fetch: HTTP {response.status_code} for {item.url}",
+                code="MEDIA_FETCH_FAILED",
+                http_status=response.status_code,
+            )
+        if len(response.content) > max_bytes:
+            raise base.PermanentError(
+                f"media is larger than the platform's {max_bytes} bytes", code="MEDIA_TOO_LARGE"
+            )
+        declared = item.mime_type or response.headers.get("content-type", "").split(";")[0]
+        return _http.MediaBlob(response.content, _http.sniff_mime(response.content, declared))
 
 
 def retry_policy(settings: config.Settings) -> retry.RetryPolicy:
@@ -86,7 +158,9 @@ class App:
         self.sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.engine)
         self.metrics = Metrics()
         self.adapters = (
-            dict(adapters) if adapters is not None else build_adapters(settings, self.clock)
+            dict(adapters)
+            if adapters is not None
+            else build_adapters(settings, self.clock, self.engine, sleep or asyncio.sleep)
         )
         self.pipeline = Pipeline(
             self.adapters,
@@ -107,6 +181,8 @@ class App:
             metrics=self.metrics,
             arm=self.arm,
         )
+        self.deliverer = self._build_deliverer()
+        self._unwatch_outbox = webhook_wakeup.install(self.engine, self.deliverer.wake)
         self.notifier = systemd.Notifier.from_env()
         self.scheduler: AsyncIOScheduler | None = None
         self.http = FastAPI(title="postd", version=__version__, docs_url=None, redoc_url=None)
@@ -161,6 +237,7 @@ class App:
         self.metrics.ticks.inc()
         self.notifier.watchdog()
         self.dispatcher.on_sweep(wake)
+        self.deliverer.on_sweep()  # no query: wakes it only while it has work pending
 
     def request_sweep(self) -> None:
         """Run a sweep soon (coalesced: at most one waiting)."""
@@ -168,7 +245,8 @@ class App:
             self._sweep_requested = asyncio.get_running_loop().create_task(self.sweep())
 
     async def purge(self) -> None:
-        """Daily retention clean-up: audit log, idempotency keys, old minute/day counters."""
+        """Daily retention clean-up: audit log, idempotency keys, old minute/day counters,
+        webhook deliveries past their retention."""
         now = self.clock.now()
         api = self.settings.api
         try:
@@ -176,10 +254,63 @@ class App:
                 audit = await gate.purge_audit(session, now, api.audit_retention_days)
                 keys = await idempotency.purge(session, now, api.idempotency_hours)
                 counters = await limits.purge_counters(session, now)
+                deliveries = await webhook_store.purge(
+                    await session.connection(), now, self.settings.webhooks.delivery_retention_days
+                )
         except Exception as exc:
             log.error("retention_failed", error=str(exc))
             return
-        log.info("retention_done", audit=audit, idempotency_keys=keys, counters=counters)
+        log.info(
+            "retention_done",
+            audit=audit,
+            idempotency_keys=keys,
+            counters=counters,
+            webhook_deliveries=deliveries,
+        )
+
+    # -- webhooks (issue 4): the deliverer, its timer and its quota ---------------------------
+
+    def _build_deliverer(self) -> webhook_deliverer.Deliverer:
+        conf = self.settings.webhooks
+        sender = webhook_sender.Sender(
+            netguard.Policy.from_settings(self.settings.netguard),
+            timeout=conf.timeout_seconds,
+            user_agent=webhook_deliverer.USER_AGENT,
+        )
+        return webhook_deliverer.Deliverer(
+            engine=self.engine,
+            settings=self.settings,
+            clock=self.clock,
+            owner=self.dispatcher.owner,
+            sender=sender,
+            charge=self._charge_webhooks,
+            arm=self.arm_webhooks,
+            metrics=self.metrics,
+        )
+
+    async def _charge_webhooks(
+        self, conn: AsyncConnection, items: Sequence[tuple[str, str]], now: datetime
+    ) -> list[bool]:
+        """Each delivery attempt takes one from its user's ``webhooks`` monthly bucket, in the
+        transaction that claims it."""
+        return await limits.charge_many(self, items, "webhooks", now, conn)
+
+    def arm_webhooks(self, when: datetime | None) -> None:
+        """The deliverer's timer: a date job at its next retry or lease expiry."""
+        if self.scheduler is None:
+            return
+        if when is None:
+            with contextlib.suppress(Exception):
+                self.scheduler.remove_job(WEBHOOK_JOB)
+            return
+        self.scheduler.add_job(
+            self.deliverer.wake,
+            "date",
+            run_date=when,
+            id=WEBHOOK_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     # -- start / stop -------------------------------------------------------------------------
 
@@ -191,6 +322,7 @@ class App:
             self._lock = db.InstanceLock(self.settings.resolve(str(path)))
             self._lock.acquire()
         await self.dispatcher.start(orphaned_leases=self._lock is not None)
+        await self.deliverer.prepare(orphaned_leases=self._lock is not None)
 
     def _bind(self) -> socket.socket:
         server = self.settings.server
@@ -249,10 +381,13 @@ class App:
         self._tasks = [
             asyncio.create_task(self.dispatcher.pump(), name="postd-pump"),
             asyncio.create_task(self._server.serve(sockets=[sock]), name="postd-http"),
+            asyncio.create_task(self.deliverer.pump(), name="postd-webhooks"),
         ]
+        self.deliverer.wake()  # deliveries left by a previous run, events not fanned out yet
         if self.engine.dialect.name == "postgresql":
             dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            listener = notify.listen(dsn, self.dispatcher.notify_due, self._stop)
+            webhooks = {notify.WEBHOOKS_CHANNEL: self.deliverer.notify_due}
+            listener = notify.listen(dsn, self.dispatcher.notify_due, self._stop, also=webhooks)
             self._tasks.append(asyncio.create_task(listener, name="postd-listen"))
         for task in self._tasks:
             task.add_done_callback(self._task_done)
@@ -280,11 +415,12 @@ class App:
         log.info("postd_stopping")
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        await self.dispatcher.stop(self.settings.dispatch.shutdown_grace_seconds)
+        grace = self.settings.dispatch.shutdown_grace_seconds
+        await asyncio.gather(self.dispatcher.stop(grace), self.deliverer.stop(grace))
         if self._server is not None:
             self._server.should_exit = True
         for task in self._tasks:
-            if task.get_name() in ("postd-pump", "postd-listen"):
+            if task.get_name() in ("postd-pump", "postd-listen", "postd-webhooks"):
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.close()
@@ -296,6 +432,9 @@ class App:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.aclose()
+        with contextlib.suppress(Exception):
+            await self.deliverer.aclose()
+        self._unwatch_outbox()
         await self.engine.dispose()
         if self._lock is not None:
             self._lock.release()

@@ -270,6 +270,60 @@ class WebhookSettings(_Section):
         return value
 
 
+class SecuritySettings(_Section):
+    """The Fernet key(s) that encrypt platform credentials at rest. First match wins: ``secret_key``
+    (or env ``POSTD_SECURITY_SECRET_KEY``), then the file ``secret_key_file``, then the systemd
+    credential ``$CREDENTIALS_DIRECTORY/postd-secret-key``. Several keys, comma- or
+    newline-separated, are tried in order and the first encrypts (key rotation)."""
+
+    secret_key: str = Field(default="", repr=False)
+    secret_key_file: str = ""
+
+
+class PlatformSettings(_Section):
+    """Where a platform's API lives (tests point this at local fakes)."""
+
+    api_base: str
+
+
+class OAuthPlatformSettings(PlatformSettings):
+    """A platform whose pages connect through an OAuth app registered by the operator."""
+
+    client_id: str = ""
+    client_secret: str = Field(default="", repr=False)
+
+
+class PlatformsSettings(_Section):
+    """Platform APIs (platforms.md). Timeouts apply to every call an adapter makes."""
+
+    connect_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    read_timeout_seconds: float = Field(default=30, gt=0, le=600)
+    media_poll_seconds: float = Field(default=2, gt=0, le=60)
+    media_poll_max_seconds: float = Field(default=300, gt=0, le=3600)
+    facebook: OAuthPlatformSettings = OAuthPlatformSettings(
+        api_base="https://graph.facebook.com/v24.0"
+    )
+    instagram: OAuthPlatformSettings = OAuthPlatformSettings(
+        api_base="https://graph.facebook.com/v24.0"
+    )
+    linkedin: OAuthPlatformSettings = OAuthPlatformSettings(
+        api_base="https://api.linkedin.com/rest"
+    )
+    tiktok: OAuthPlatformSettings = OAuthPlatformSettings(api_base="https://open.tiktokapis.com")
+    twitter: OAuthPlatformSettings = OAuthPlatformSettings(api_base="https://api.x.com")
+    youtube: OAuthPlatformSettings = OAuthPlatformSettings(api_base="https://www.googleapis.com")
+    # Empty: each page's own instance (page connect mastodon --instance).
+    mastodon: PlatformSettings = PlatformSettings(api_base="")
+    bluesky: PlatformSettings = PlatformSettings(api_base="https://bsky.social")
+
+    @field_validator("facebook", "instagram", "linkedin", "tiktok", "twitter", "youtube", "bluesky")
+    @classmethod
+    def _http_url(cls, value: PlatformSettings) -> PlatformSettings:
+        if not value.api_base.startswith(("https://", "http://")):
+            raise ValueError("api_base must be an http(s) URL")
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -291,6 +345,8 @@ class Settings(BaseModel):
     sandbox_tokens: SandboxTokenSettings = SandboxTokenSettings()
     netguard: NetguardSettings = NetguardSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    security: SecuritySettings = SecuritySettings()
+    platforms: PlatformsSettings = PlatformsSettings()
     logging: LoggingSettings = LoggingSettings()
     # Directory that relative paths in the file are resolved against (the file's own directory).
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -306,17 +362,43 @@ class Settings(BaseModel):
         return candidate if candidate.is_absolute() else (self.base_dir / candidate)
 
 
+def _split_name(rest: str, model: type[BaseModel]) -> list[str] | None:
+    """``platforms_bluesky_api_base`` -> ``["platforms", "bluesky", "api_base"]``: the longest
+    section name first (``sandbox_tokens`` before ``sandbox``), nested sections likewise."""
+    fields = sorted(
+        (name for name in model.model_fields if name != "base_dir"), key=len, reverse=True
+    )
+    for name in fields:
+        if rest == name:
+            return [name]
+        if rest.startswith(name + "_"):
+            annotation = model.model_fields[name].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                tail = _split_name(rest[len(name) + 1 :], annotation)
+                return None if tail is None else [name, *tail]
+    return None
+
+
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    sections = {name for name, field in Settings.model_fields.items() if name != "base_dir"}
+    """``POSTD_<SECTION>_<KEY>`` (and ``POSTD_<SECTION>_<SUBSECTION>_<KEY>``) over the file."""
     for name, value in environ.items():
         if not name.startswith("POSTD_") or name == "POSTD_CONFIG":
             continue
-        rest = name[len("POSTD_") :].lower()
-        section, _, key = rest.partition("_")
-        if section in sections and key:
-            raw.setdefault(section, {})
-            if isinstance(raw[section], dict):
-                raw[section][key] = value
+        path = _split_name(name[len("POSTD_") :].lower(), Settings)
+        if path is None or len(path) < 2:
+            continue
+        target, default = raw, Settings()
+        for part in path[:-1]:
+            default = getattr(default, part)
+            if part not in target and target is not raw:
+                # a nested section the file leaves out starts from its defaults, so one key
+                # (POSTD_GUARDRAILS_FACEBOOK_PER_HOUR) can be set alone
+                target[part] = default.model_dump()
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            target[path[-1]] = value
     return raw
 
 

@@ -48,6 +48,24 @@ class Metrics:
         self.ticks = Counter(
             "postd_dispatcher_ticks", "Dispatcher sweep ticks", registry=self.registry
         )
+        self.webhook_attempts = Counter(
+            "postd_webhook_attempts",
+            "Webhook delivery attempts, by outcome (2xx, 3xx, 4xx, 5xx, error, refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "postd_webhook_attempt_duration_seconds",
+            "Duration of webhook delivery attempts",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhooks_disabled = Counter(
+            "postd_webhooks_disabled",
+            "Subscriptions disabled by failures, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

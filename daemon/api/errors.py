@@ -122,6 +122,24 @@ _CATALOG: tuple[ErrorSpec, ...] = (
         "Send the file in the multipart field named `file`.",
     ),
     ErrorSpec(
+        "UNSAFE_URL",
+        400,
+        "webhooks",
+        "The webhook URL is refused by the outbound URL policy (`reason` says why)",
+        "Use an https URL of a public host: no localhost, private, link-local or reserved "
+        "address, no numeric host spellings, no credentials in the URL.",
+        "postd",
+    ),
+    ErrorSpec(
+        "INVALID_EVENTS",
+        400,
+        "webhooks",
+        "events is empty or names an unknown event",
+        "Use post.published, post.failed, comment.received, comment.replied and/or "
+        "account.quota.warning (listed in `allowed`).",
+        "postd",
+    ),
+    ErrorSpec(
         "INVALID_IDEMPOTENCY_KEY",
         400,
         "idempotency",
@@ -163,7 +181,10 @@ _CATALOG: tuple[ErrorSpec, ...] = (
         403,
         "auth",
         "Token lacks required scope",
-        "Create a token with the scope named in `required_scope`.",
+        "Create a token with the scope named in `required_scope`. Scopes: read:account, "
+        "read:brands, read:pages, read:posts, write:posts, read:comments, write:comments, "
+        "read:media, write:media, read:webhooks (list webhooks and their deliveries), "
+        "write:webhooks (create, change, delete, rotate, test, redeliver); * grants all.",
     ),
     ErrorSpec(
         "IP_NOT_ALLOWED",
@@ -215,6 +236,22 @@ _CATALOG: tuple[ErrorSpec, ...] = (
         "resource",
         "The post is being published right now",
         "Wait for it to finish; it can no longer be cancelled or edited.",
+        "postd",
+    ),
+    ErrorSpec(
+        "WEBHOOK_DISABLED",
+        409,
+        "webhooks",
+        "The webhook is disabled (by hand, after 20 failed deliveries, or after a 410)",
+        "Fix the receiver, then PATCH /webhooks/{id} with enabled=true.",
+        "postd",
+    ),
+    ErrorSpec(
+        "DELIVERY_IN_PROGRESS",
+        409,
+        "webhooks",
+        "The delivery is being attempted right now",
+        "Wait for the attempt to finish (see GET /webhooks/{id}/deliveries), then redeliver.",
         "postd",
     ),
     ErrorSpec(

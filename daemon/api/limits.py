@@ -11,9 +11,14 @@ What is counted where:
 - live tokens, per **user** (the tier is the account's, so extra keys add no budget):
   ``requests`` over a minute ("m:2026-05-01T10:07"), a day ("d:2026-05-01") and a month
   ("2026-05", shown as ``total_requests``); ``reads`` (GET) or ``writes`` (any other method) per
-  month; the action buckets ``publishes`` / ``replies`` / ``webhooks`` per month (consume()).
+  month; the action buckets ``publishes`` / ``replies`` per month (consume()) and ``webhooks``
+  (one per delivery attempt, charge_many()).
 - sandbox tokens, per **token**: ``sandbox_requests`` over a minute, a day and ``lifetime``.
   Nothing a sandbox token does touches its user's counters.
+
+The first time a monthly bucket with a warning (reads and the action buckets) reaches 80 % in a
+month, the counting transaction also marks the counter and records an ``account.quota.warning``
+outbox event (:func:`warning_payload`), so the warning is sent once, and never lost to a crash.
 
 Months are UTC and reset on the 1st. admit() runs on every request, so it group-commits: the
 requests that arrive while one counting transaction runs share the next one (a lone request gets
@@ -37,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -45,7 +50,7 @@ from daemon import config, timefmt
 from daemon.api.deps import Principal
 from daemon.api.errors import ApiError
 from daemon.store import db
-from daemon.store.models import UsageCounter
+from daemon.store.models import OutboxEvent, UsageCounter
 
 log = structlog.get_logger("postd.limits")
 
@@ -56,6 +61,7 @@ SANDBOX_REQUESTS = "sandbox_requests"
 LIFETIME = "lifetime"
 ACTION_BUCKETS = ("publishes", "replies", "webhooks")
 MONTHLY_BUCKETS = ("publishes", "replies", "reads", "webhooks")
+QUOTA_WARNING = "account.quota.warning"
 COUNTER_RETENTION = timedelta(days=2)
 MAX_BATCH = 256  # requests counted in one transaction
 
@@ -180,6 +186,7 @@ class Job:
 
     meters: tuple[Meter, ...]
     n: int = 1
+    now: datetime | None = None  # when it happened: dates the quota warning it may raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +312,54 @@ def monthly_block(
     return block
 
 
+def warning_payload(
+    user_id: str, bucket: str, used: int, limit: int, period: str, now: datetime
+) -> dict[str, Any]:
+    """The ``account.quota.warning`` webhook body: the seed's envelope, the bucket in ``quota``."""
+    return {
+        "event": QUOTA_WARNING,
+        "created_at": timefmt.iso(now),
+        "data": {
+            "userId": user_id,
+            "brandId": None,
+            "quota": {
+                "bucket": bucket,
+                "used": used,
+                "limit": limit,
+                "remaining": remaining(used, limit),
+                "percent": used * 100 // limit if limit else 100,
+                "period": period,
+                "resets_at": timefmt.iso(month_end(now)),
+            },
+        },
+    }
+
+
+def warning_events(
+    jobs: Sequence[Job], verdicts: Sequence[Verdict], default_now: datetime
+) -> list[dict[str, Any]]:
+    """Outbox rows for the 80 % crossings of a settled batch (one per bucket and month: the
+    counter's ``flagged`` mark is written in the same transaction)."""
+    rows: list[dict[str, Any]] = []
+    for job, verdict in zip(jobs, verdicts, strict=True):
+        now = job.now or default_now
+        for bucket, used, limit in verdict.warnings:
+            meter = next(m for m in job.meters if m.warn and m.bucket == bucket)
+            rows.append(
+                {
+                    "event": QUOTA_WARNING,
+                    "post_id": None,
+                    "user_id": meter.subject,
+                    "brand_id": None,
+                    "created_at": now,
+                    "payload": warning_payload(
+                        meter.subject, bucket, used, limit, meter.period, now
+                    ),
+                }
+            )
+    return rows
+
+
 # -- I/O: one counting transaction -----------------------------------------------------------
 
 _PK = and_(
@@ -337,19 +392,35 @@ def _upsert(dialect: str) -> Any:
 
 
 async def _count(postd_app: Any, jobs: Sequence[Job]) -> list[Verdict]:
-    """Count ``jobs`` in one transaction: one upsert, plus a take-back when some are refused and
-    a flag update when a bucket reaches 80 % (each a single executemany)."""
+    """Count ``jobs`` in one transaction of their own (see :func:`count_in`)."""
+    async with postd_app.engine.begin() as conn:
+        return await count_in(conn, jobs, _now_of(postd_app))
+
+
+def _now_of(postd_app: Any) -> datetime:
+    clock = getattr(postd_app, "clock", None)
+    return clock.now() if clock is not None else datetime.now(UTC)
+
+
+async def count_in(
+    conn: AsyncConnection, jobs: Sequence[Job], default_now: datetime
+) -> list[Verdict]:
+    """Count ``jobs`` in the caller's transaction: one upsert, plus a take-back when some are
+    refused and, when a bucket reaches 80 %, a flag update with its ``account.quota.warning``
+    outbox event (each a single executemany)."""
     # Sorted so concurrent transactions lock rows in one order (no deadlock on PostgreSQL).
     rows = [
         {"subject": s, "bucket": b, "period": p, "count": n, "flagged": 0}
         for (s, b, p), n in sorted(added(jobs).items())
     ]
-    async with postd_app.engine.begin() as conn:
-        result = await conn.execute(_upsert(conn.dialect.name), rows)
-        after = {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in result}
-        settled = settle(jobs, after)
-        await _write_back(conn, _TAKE_BACK, "n", settled.excess)
-        await _write_back(conn, _FLAG, "f", settled.flags)
+    result = await conn.execute(_upsert(conn.dialect.name), rows)
+    after = {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in result}
+    settled = settle(jobs, after)
+    await _write_back(conn, _TAKE_BACK, "n", settled.excess)
+    await _write_back(conn, _FLAG, "f", settled.flags)
+    if settled.flags:
+        events = warning_events(jobs, settled.verdicts, default_now)
+        await conn.execute(insert(OutboxEvent), events)
     return settled.verdicts
 
 
@@ -410,6 +481,8 @@ def _batcher(postd_app: Any) -> _Batcher:
 async def _notify(
     postd_app: Any, user_id: str, warnings: Iterable[QuotaWarning], now: datetime
 ) -> None:
+    """Log each warning and tell ``postd_app.on_quota_warning`` (its outbox event is already
+    committed)."""
     hook = getattr(postd_app, "on_quota_warning", None)
     for bucket, used, limit in warnings:
         log.info("quota_warning", user_id=user_id, bucket=bucket, used=used, limit=limit)
@@ -442,7 +515,7 @@ async def admit(
     )
     burst = burst_meter(meters)
     assert burst.limit is not None
-    verdict = await _batcher(postd_app).submit(Job(meters))
+    verdict = await _batcher(postd_app).submit(Job(meters, now=now))
     used = verdict.counts[burst.key]
     if verdict.over is not None:
         headers = rate_headers(principal.tier, principal.scopes, burst.limit, used - 1, now)
@@ -465,18 +538,51 @@ async def consume(
 async def charge(
     postd_app: Any, user_id: str, tier: str, bucket: str, now: datetime, n: int = 1
 ) -> None:
-    """consume() for a user rather than a request (e.g. webhook deliveries)."""
+    """consume() for a user rather than a request."""
     if bucket not in ACTION_BUCKETS:
         raise ValueError(f"not an action bucket: {bucket!r}")
     if n < 1:
         raise ValueError("n must be at least 1")
     limit = getattr(postd_app.settings.tiers.get(tier), bucket)
     meter = Meter(user_id, bucket, month_key(now), limit, "MONTHLY_LIMIT_EXCEEDED", warn=True)
-    (verdict,) = await _count(postd_app, [Job((meter,), n)])
+    (verdict,) = await _count(postd_app, [Job((meter,), n, now)])
     if verdict.over is not None:
         used = verdict.counts[meter.key] - n
         raise rejection(meter, used, now, {}, postd_app.settings.api.upgrade_url)
     await _notify(postd_app, user_id, verdict.warnings, now)
+
+
+async def charge_many(
+    postd_app: Any,
+    items: Sequence[tuple[str, str]],
+    bucket: str,
+    now: datetime,
+    conn: AsyncConnection | None = None,
+) -> list[bool]:
+    """Take 1 from ``bucket`` for each ``(user_id, tier)``, judged in order, in ``conn``'s
+    transaction (or one of its own); returns whether each was admitted (refused ones count
+    nowhere). Used for webhook delivery attempts; an 80 % crossing records its warning event
+    like charge()."""
+    if bucket not in ACTION_BUCKETS:
+        raise ValueError(f"not an action bucket: {bucket!r}")
+    if not items:
+        return []
+    tiers: config.TierSettings = postd_app.settings.tiers
+    month = month_key(now)
+    jobs = []
+    for user_id, tier in items:
+        limits = tiers.get(tier) if tier in config.TierSettings.model_fields else tiers.free
+        limit = getattr(limits, bucket)
+        meter = Meter(user_id, bucket, month, limit, "MONTHLY_LIMIT_EXCEEDED", warn=True)
+        jobs.append(Job((meter,), 1, now))
+    if conn is None:
+        verdicts = await _count(postd_app, jobs)
+    else:
+        verdicts = await count_in(conn, jobs, now)
+    for (user_id, _), verdict in zip(items, verdicts, strict=True):
+        if verdict.warnings:
+            await _notify(postd_app, user_id, verdict.warnings, now)
+    return [verdict.over is None for verdict in verdicts]
 
 
 async def refund(postd_app: Any, user_id: str, bucket: str, now: datetime, n: int = 1) -> None:

@@ -57,9 +57,12 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.post("/wake", status_code=202)
 async def wake(request: Request) -> dict[str, str]:
-    """Ask for a sweep now (the CLI calls this after writing a post on SQLite, where there is no
-    LISTEN/NOTIFY). It costs one query and changes nothing, so it needs no authentication."""
-    _app(request).request_sweep()
+    """Ask for a sweep and a webhook pass now (the CLI calls this after writing a post, a test
+    ping or a redelivery on SQLite, where there is no LISTEN/NOTIFY). It only reads, or sends
+    what is due anyway, so it needs no authentication."""
+    app = _app(request)
+    app.request_sweep()
+    app.deliverer.wake()
     return {"status": "accepted"}
 
 

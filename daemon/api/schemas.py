@@ -8,7 +8,7 @@ in the output and rendered with ``response_model_exclude_unset``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -343,6 +343,93 @@ class BulkResult(_Out):
     failed: int
 
 
+# -- webhooks -----------------------------------------------------------------------------------
+
+WEBHOOK_EVENTS = (
+    "post.published",
+    "post.failed",
+    "comment.received",
+    "comment.replied",
+    "account.quota.warning",
+)
+# Checked by the route (INVALID_EVENTS names the unknown ones); the document lists the names.
+EventName = Annotated[str, Field(json_schema_extra={"enum": list(WEBHOOK_EVENTS)})]
+
+
+class Webhook(_Out):
+    """A subscription. ``secret`` appears only in the answers of create and rotate-secret."""
+
+    id: str
+    url: str
+    events: list[str]
+    enabled: bool
+    status: Literal["enabled", "disabled"]
+    disabled_reason: str | None = Field(
+        description='Why it is disabled: "manual", "consecutive_failures" or "gone" (410).'
+    )
+    disabled_at: str | None
+    consecutive_failures: int = Field(
+        description="Deliveries in a row that failed after their last retry (2xx resets it)."
+    )
+    brand_ids: list[str] = Field(description="Brands it is restricted to ([]: all the user's).")
+    previous_secret_expires_at: str | None = Field(
+        description="Until then the previous secret also signs every delivery (rotation)."
+    )
+    created_at: str
+    updated_at: str
+    secret: str | None = Field(
+        default=None, description="whsec_...: shown once, on create and rotate-secret."
+    )
+
+
+class WebhookOne(_Out):
+    webhook: Webhook
+
+
+class WebhookList(_Out):
+    webhooks: list[Webhook]
+    next_cursor: str | None
+    has_more: bool
+
+
+class WebhookDeleted(_Out):
+    success: bool
+    id: str
+
+
+class DeliveryAttempt(_Out):
+    attempt: int
+    started_at: str | None
+    status_code: int | None
+    duration_ms: int | None
+    error: str | None
+
+
+class Delivery(_Out):
+    id: str = Field(description="The webhook-id header: the same on every attempt.")
+    webhook_id: str
+    event: str
+    event_id: int | None
+    status: Literal["pending", "delivering", "succeeded", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    last_attempt_at: str | None
+    next_attempt_at: str | None = Field(description="The next retry, while pending.")
+    created_at: str
+    attempt_log: list[DeliveryAttempt]
+
+
+class DeliveryOne(_Out):
+    delivery: Delivery
+
+
+class DeliveryList(_Out):
+    deliveries: list[Delivery]
+    next_cursor: str | None
+    has_more: bool
+
+
 # -- request bodies -----------------------------------------------------------------------------
 
 _MESSAGE = Field(
@@ -394,4 +481,21 @@ class BulkBody(_In):
         max_length=MAX_BULK,
         description="Up to 50 bodies of POST /posts/schedule; each is checked on its own and "
         "answered in `results` at the same index.",
+    )
+
+
+class WebhookBody(_In):
+    url: str = Field(
+        max_length=2048, description="https URL of a public host (the SSRF policy applies)."
+    )
+    events: list[EventName] = Field(
+        description="Events to receive.", json_schema_extra={"minItems": 1}
+    )
+
+
+class WebhookPatchBody(_In):
+    url: str | None = Field(default=None, max_length=2048)
+    events: list[EventName] | None = Field(default=None, description="Events to receive.")
+    enabled: bool | None = Field(
+        default=None, description="false disables it; true enables it again (failure count reset)."
     )

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from daemon import __version__
 from daemon.api import errors
-from daemon.api.routers import account, brands, me, pages, posts, publish, root
+from daemon.api.routers import account, brands, me, pages, posts, publish, root, webhooks
 from daemon.api.routers import errors as errors_router
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ postd's implementation of the OutReply public API v1. Authenticate with
 `{"error", "code", "message", ...}`; the catalog is at `GET /errors`.
 
 Beyond the document: `PATCH /posts/scheduled/{id}`, `POST /posts/schedule/bulk`, cursor
-pagination (`cursor` → `next_cursor`, `has_more`) on every list.
+pagination (`cursor` → `next_cursor`, `has_more`) on every list, and the webhook subscriptions
+the official SDK manages (`/webhooks`, with `read:webhooks` / `write:webhooks`): secret rotation,
+the delivery log, redelivery and a test ping.
 """
 
 
@@ -57,7 +59,7 @@ def build_api(postd_app: App) -> FastAPI:
     )
     api.state.postd = postd_app
     errors.install(api)
-    for module in (root, errors_router, me, account, brands, pages, posts, publish):
+    for module in (root, errors_router, me, account, brands, pages, posts, publish, webhooks):
         api.include_router(module.router)
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
     return api

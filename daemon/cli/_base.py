@@ -7,12 +7,14 @@ Errors are one line on stderr and a non-zero exit: 2 for a bad config, 1 for any
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daemon import __version__, config
@@ -82,3 +84,14 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def nudge(settings: config.Settings) -> None:
+    """Best effort: tell a daemon running on this SQLite database to look now (PostgreSQL
+    daemons hear it through LISTEN/NOTIFY; otherwise its next sweep or pass finds the work)."""
+    if config.sqlite_path(settings.database.url) is None:
+        return
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"http://{host}:{settings.server.port}/wake", timeout=0.5)

@@ -1,16 +1,18 @@
-"""Operator commands: init, migrate, check-config, run, brand, page."""
+"""Operator commands: init, migrate, check-config, run, rotate-key, brand, page."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters import _http, base, bluesky, mastodon
 from daemon import clock as clock_mod
-from daemon import config, logs, services, tokens
+from daemon import config, credentials, logs, services, tokens
 from daemon.cli._base import Context, echo_json, fail, main, pass_ctx
 from daemon.errors import ConfigError, PostdError
 from daemon.store import db
@@ -27,6 +29,11 @@ url = "sqlite:///{db}"
 
 [sandbox]
 state_path = "{sandbox}"
+
+[security]
+# Encrypts platform credentials at rest (Fernet). Back this file up: without it every connected
+# page has to be connected again.
+secret_key_file = "{key}"
 """
 
 
@@ -40,16 +47,42 @@ def init(directory: str, force: bool) -> None:
     target = Path(directory).expanduser().resolve()
     target.mkdir(parents=True, exist_ok=True)
     path = target / "postd.toml"
+    key = target / credentials.KEY_FILE_NAME
     if path.exists() and not force:
         click.echo(f"postd: keeping the existing {path}", err=True)
     else:
-        path.write_text(INIT_TEMPLATE.format(db=target / "postd.db", sandbox=target / "sandbox.db"))
+        _new_key_file(key)
+        path.write_text(
+            INIT_TEMPLATE.format(db=target / "postd.db", sandbox=target / "sandbox.db", key=key)
+        )
     try:
         settings = config.load(path)
-    except ConfigError as exc:
+        if not credentials.key_source(settings).keys:
+            _add_key_file(path, key)
+            settings = config.load(path)
+    except (ConfigError, credentials.KeyProblem) as exc:
         fail(f"config error: {exc}", 2)
     asyncio.run(_migrate(settings))
     click.echo(str(path))
+
+
+def _new_key_file(key: Path) -> None:
+    """A fresh key file (mode 0600) unless one exists: a key is never overwritten."""
+    if not key.exists():
+        credentials.write_key_file(key, [credentials.generate_key()])
+        click.echo(f"postd: wrote a new secret key to {key} (keep a backup)", err=True)
+
+
+def _add_key_file(path: Path, key: Path) -> None:
+    """Point a kept config without any secret key at a (new) key file."""
+    text = path.read_text(encoding="utf-8")
+    if "[security]" in text:
+        click.echo(
+            f"postd: warning: {path} has [security] but no key; set secret_key_file", err=True
+        )
+        return
+    _new_key_file(key)
+    path.write_text(text.rstrip("\n") + f'\n\n[security]\nsecret_key_file = "{key}"\n')
 
 
 async def _migrate(settings: config.Settings) -> tuple[str | None, str | None]:
@@ -93,6 +126,25 @@ def check_config(ctx: Context) -> None:
     click.echo(asyncio.run(probe()))
     if settings.guardrails.min_gap_seconds < 60:
         click.echo("warning: guardrails.min_gap_seconds is below the recommended 60 s")
+    if settings.netguard.allow_loopback:
+        click.echo(
+            "warning: netguard.allow_loopback is on: webhook and media URLs may reach this"
+            " machine (127.0.0.0/8, ::1, localhost); for local development only"
+        )
+    if settings.netguard.allow_http:
+        click.echo(
+            "warning: netguard.allow_http is on: webhooks may be sent unencrypted over http;"
+            " for local development only"
+        )
+    try:
+        source = credentials.key_source(settings)
+        if source.keys:
+            credentials.Vault(source.keys)
+            click.echo(f"secret key ok: {len(source.keys)} key(s) from {source.described}")
+        else:
+            click.echo("warning: no secret key: Mastodon/Bluesky pages cannot be connected")
+    except credentials.KeyProblem as exc:
+        click.echo(f"warning: secret key: {exc}")
     if settings.scheduling.min_lead_seconds < settings.scheduling.sweep_seconds:
         click.echo(
             "warning: scheduling.min_lead_seconds is shorter than sweep_seconds: a post written"
@@ -211,3 +263,164 @@ def page_list(ctx: Context, as_json: bool) -> None:
         return
     for p in pages:
         click.echo(f"{p['id']}  {p['platform']:<10} {p['status']:<12} {p['name']}")
+
+
+# -- credentials (issue 5) ------------------------------------------------------------------------
+
+
+@main.command("rotate-key")
+@click.option("--generate", is_flag=True, help="Only print a new key; change nothing.")
+@pass_ctx
+def rotate_key(ctx: Context, generate: bool) -> None:
+    """Re-encrypt every stored credential under a new key.
+
+    With a key file (postd init): a new key is generated, written in front of the old one,
+    every credential is re-encrypted, then the file keeps the new key only. With keys from the
+    config, the env or systemd: list the new key first, comma-separated before the old one
+    (--generate prints one), restart postd, run rotate-key, then drop the old key."""
+    if generate:
+        click.echo(credentials.generate_key())
+        return
+    try:
+        source = credentials.key_source(ctx.settings)
+        if not source.keys:
+            raise credentials.KeyProblem("no secret key configured: nothing to rotate")
+        if len(source.keys) == 1 and source.path is None:
+            raise credentials.KeyProblem(
+                f"the key comes from {source.described}: put a new key (postd rotate-key "
+                "--generate) in front of it, comma-separated, restart postd, then run this again"
+            )
+        keys = source.keys if len(source.keys) > 1 else (credentials.generate_key(), *source.keys)
+        vault = credentials.Vault(keys)
+        if source.path is not None:
+            credentials.write_key_file(source.path, keys)  # both keys open everything meanwhile
+    except credentials.KeyProblem as exc:
+        fail(f"error: {exc}")
+
+    async def go(session: AsyncSession, _s: config.Settings) -> int:
+        try:
+            return await credentials.rotate_all(session, vault)
+        except credentials.KeyProblem as exc:
+            raise PostdError(str(exc)) from exc
+
+    count = ctx.run(go)
+    if source.path is not None:
+        credentials.write_key_file(source.path, keys[:1])
+        click.echo(f"re-encrypted {count} page credential(s); {source.path} holds the new key")
+    else:
+        click.echo(
+            f"re-encrypted {count} page credential(s) under the first key; now remove the old"
+            f" key(s) from {source.described}"
+        )
+
+
+@page.group("connect")
+def page_connect() -> None:
+    """Connect a page to its account: verify the credentials with the platform, store them
+    encrypted, print the page id (--page ID re-connects an existing page)."""
+
+
+Verify = Callable[[config.Settings, _http.Timeouts], Coroutine[Any, Any, _http.Connected]]
+
+
+def _connect(
+    ctx: Context,
+    platform: str,
+    brand_id: str | None,
+    page_id: str | None,
+    name: str | None,
+    verify: Verify,
+) -> None:
+    settings = ctx.settings
+    if (brand_id is None) == (page_id is None):
+        fail("error: pass --brand (a new page) or --page (re-connect one), not both")
+    try:
+        vault = credentials.Vault(credentials.key_source(settings).keys)
+    except credentials.KeyProblem as exc:
+        fail(f"error: {exc}")
+    conf = settings.platforms
+    timeouts = _http.Timeouts(connect=conf.connect_timeout_seconds, read=conf.read_timeout_seconds)
+    try:
+        connected = asyncio.run(verify(settings, timeouts))
+    except base.AdapterError as exc:
+        fail(f"error: {platform} refused to connect: {exc.code}: {exc}")
+
+    async def go(session: AsyncSession, _s: config.Settings) -> str:
+        if page_id is not None:
+            made = await services.get_page(session, page_id)
+            if made.platform != platform:
+                raise PostdError(f"page {page_id} is a {made.platform} page, not {platform}")
+            made.username, made.external_id = connected.username, connected.external_id
+        else:
+            assert brand_id is not None
+            made = await services.add_page(
+                session,
+                brand_id=brand_id,
+                platform=platform,
+                name=name or connected.name,
+                now=clock_mod.SystemClock().now(),
+                username=connected.username,
+                external_id=connected.external_id,
+            )
+        await credentials.store(session, made, vault, connected.credentials)
+        return made.id
+
+    click.echo(ctx.run(go))
+
+
+@page_connect.command("bluesky")
+@click.option("--brand", "brand_id", default=None, help="Brand of the new page.")
+@click.option("--page", "page_id", default=None, help="Re-connect this existing page instead.")
+@click.option("--handle", required=True, help="The account's handle (or its email).")
+@click.option(
+    "--app-password",
+    required=True,
+    envvar="POSTD_BLUESKY_APP_PASSWORD",
+    help="An app password (Settings > App passwords); env POSTD_BLUESKY_APP_PASSWORD.",
+)
+@click.option("--name", default=None, help="Page name (default: the handle).")
+@pass_ctx
+def connect_bluesky(
+    ctx: Context,
+    brand_id: str | None,
+    page_id: str | None,
+    handle: str,
+    app_password: str,
+    name: str | None,
+) -> None:
+    """Log in once (createSession) on [platforms.bluesky] api_base; the session is stored, the
+    app password is not."""
+
+    async def verify(settings: config.Settings, timeouts: _http.Timeouts) -> _http.Connected:
+        api_base = settings.platforms.bluesky.api_base
+        return await bluesky.connect(handle, app_password, api_base=api_base, timeouts=timeouts)
+
+    _connect(ctx, "bluesky", brand_id, page_id, name, verify)
+
+
+@page_connect.command("mastodon")
+@click.option("--brand", "brand_id", default=None, help="Brand of the new page.")
+@click.option("--page", "page_id", default=None, help="Re-connect this existing page instead.")
+@click.option("--instance", required=True, help="The instance, e.g. https://mastodon.social.")
+@click.option(
+    "--token",
+    required=True,
+    envvar="POSTD_MASTODON_TOKEN",
+    help="A token with the scopes read, write:statuses, write:media; env POSTD_MASTODON_TOKEN.",
+)
+@click.option("--name", default=None, help="Page name (default: the account's display name).")
+@pass_ctx
+def connect_mastodon(
+    ctx: Context,
+    brand_id: str | None,
+    page_id: str | None,
+    instance: str,
+    token: str,
+    name: str | None,
+) -> None:
+    """Check the token (verify_credentials) and store it with the account id."""
+
+    async def verify(settings: config.Settings, timeouts: _http.Timeouts) -> _http.Connected:
+        return await mastodon.connect(instance, token, timeouts=timeouts)
+
+    _connect(ctx, "mastodon", brand_id, page_id, name, verify)

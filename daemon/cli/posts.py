@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import click
-import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daemon import app as app_mod
 from daemon import clock as clock_mod
 from daemon import config, services
-from daemon.cli._base import Context, echo_json, main, pass_ctx
+from daemon.cli._base import Context, echo_json, main, nudge, pass_ctx
 from daemon.timefmt import parse_instant
 
 
@@ -66,18 +64,7 @@ def post_schedule(
         return made.id
 
     click.echo(ctx.run(go))
-    _nudge(ctx.settings)
-
-
-def _nudge(settings: config.Settings) -> None:
-    """Best effort: tell a daemon running on this SQLite database to look now (PostgreSQL
-    daemons hear it through LISTEN/NOTIFY; otherwise the next sweep finds the post)."""
-    if config.sqlite_path(settings.database.url) is None:
-        return
-    host = settings.server.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"http://{host}:{settings.server.port}/wake", timeout=0.5)
+    nudge(ctx.settings)
 
 
 def _kind(url: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -197,6 +199,19 @@ class OutboxEvent(Base):
     brand_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime]
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # When the webhook deliverer turned it into delivery rows (NULL: not yet). A per-row mark
+    # rather than a "last id" cursor: on PostgreSQL ids are not committed in order, so a cursor
+    # would skip an event whose transaction commits after a later id was already fanned out.
+    fanned_out_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_outbox_events_unfanned",
+            "id",
+            sqlite_where=text("fanned_out_at IS NULL"),
+            postgresql_where=text("fanned_out_at IS NULL"),
+        ),
+    )
 
 
 # -- API (issue 3): tokens, collaborators, audit, usage, idempotency --------------------------
@@ -303,3 +318,81 @@ class IdempotencyKey(Base):
     response_headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(index=True)
     locked_until: Mapped[datetime | None]
+
+
+# -- webhooks (issue 4): subscriptions, deliveries, attempts -----------------------------------
+
+
+class WebhookSubscription(Base):
+    """A URL a user subscribed to events. The secret signs every delivery; during a rotation the
+    previous one signs too, until ``previous_secret_expires_at``."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The creating token's brand restriction ([] = every brand the user owns).
+    brand_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    secret: Mapped[str] = mapped_column(String(64))
+    previous_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_secret_expires_at: Mapped[datetime | None]
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # "manual" | "consecutive_failures" | "gone" (the receiver answered 410)
+    disabled_reason: Mapped[str | None] = mapped_column(String(32))
+    disabled_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription. ``id`` is the ``webhook-id`` header (stable across
+    retries); ``body`` is the exact JSON text signed and sent on every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    user_id: Mapped[str] = mapped_column(ID)
+    # The outbox event delivered (NULL for a test ping).
+    event_id: Mapped[int | None] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    # pending | delivering | succeeded | failed
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts made before the current retry cycle (a redelivery starts a new cycle).
+    cycle_start: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ux_webhook_deliveries_sub_event", "subscription_id", "event_id", unique=True),
+        Index("ix_webhook_deliveries_sub_created", "subscription_id", "created_at"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_lease", "status", "lease_expires_at"),
+        Index("ix_webhook_deliveries_created", "created_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery (or a refusal before sending, with its reason)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    instance: Mapped[str | None] = mapped_column(String(128))

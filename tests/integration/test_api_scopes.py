@@ -1,5 +1,5 @@
 """Scope matrix: every endpoint, every token that lacks its scope -> 403 MISSING_SCOPE naming it;
-``*`` passes everywhere (the document's scope table, plus read/write:webhooks later)."""
+``*`` passes everywhere (the document's scope table, plus read/write:webhooks)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ REQUIRED: dict[tuple[str, str], str | None] = {
     ("PATCH", "/posts/scheduled/{post_id}"): "write:posts",
     ("DELETE", "/posts/scheduled/{post_id}"): "write:posts",
     ("GET", "/posts/published"): "read:posts",
+    ("GET", "/webhooks"): "read:webhooks",
+    ("POST", "/webhooks"): "write:webhooks",
+    ("GET", "/webhooks/{webhook_id}"): "read:webhooks",
+    ("PATCH", "/webhooks/{webhook_id}"): "write:webhooks",
+    ("DELETE", "/webhooks/{webhook_id}"): "write:webhooks",
+    ("POST", "/webhooks/{webhook_id}/rotate-secret"): "write:webhooks",
+    ("POST", "/webhooks/{webhook_id}/test"): "write:webhooks",
+    ("GET", "/webhooks/{webhook_id}/deliveries"): "read:webhooks",
+    ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): "write:webhooks",
 }
 PUBLIC = {("GET", "/"), ("GET", "/errors")}
 
@@ -43,6 +52,8 @@ def _concrete(path: str, world: World) -> str:
         path.replace("{brand_id}", world.brand_a)
         .replace("{page_id}", world.sandbox_page)
         .replace("{post_id}", "6b0000000000000000000000")
+        .replace("{webhook_id}", "6c0000000000000000000000")
+        .replace("{delivery_id}", "msg_6d0000000000000000000000")
     )
 
 

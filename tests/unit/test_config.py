@@ -109,6 +109,25 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert "postgresql" not in repr(settings.database)
 
 
+def test_environment_overrides_nested_sections(tmp_path: Path) -> None:
+    """POSTD_<SECTION>_<SUBSECTION>_<KEY> reaches nested sections (platform URLs, secrets, one
+    guardrail number alone); secrets stay out of reprs."""
+    env = {
+        "POSTD_PLATFORMS_BLUESKY_API_BASE": "http://127.0.0.1:9/pds",
+        "POSTD_PLATFORMS_TWITTER_CLIENT_SECRET": "tw-s3cret",
+        "POSTD_SECURITY_SECRET_KEY": "k-s3cret",
+        "POSTD_GUARDRAILS_FACEBOOK_PER_HOUR": "3",
+        "POSTD_SANDBOX_TOKENS_PER_MINUTE": "7",
+    }
+    settings = config.load(None, environ=env)
+    assert settings.platforms.bluesky.api_base == "http://127.0.0.1:9/pds"
+    assert settings.platforms.twitter.client_secret == "tw-s3cret"
+    assert settings.security.secret_key == "k-s3cret"
+    assert (settings.guardrails.facebook.per_hour, settings.guardrails.facebook.per_24h) == (3, 40)
+    assert settings.sandbox_tokens.per_minute == 7
+    assert "s3cret" not in repr(settings)
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A config path that does not exist is reported as such."""
     with pytest.raises(ConfigError, match="not found"):

@@ -15,12 +15,14 @@ from daemon.api.deps import Principal, require
 from daemon.api.schemas import ErrorBody
 
 _DESCRIPTIONS = {
-    400: "Bad request: MISSING_FIELD, INVALID_DATE, INVALID_REQUEST, INVALID_IDEMPOTENCY_KEY...",
+    400: "Bad request: MISSING_FIELD, INVALID_DATE, INVALID_REQUEST, INVALID_IDEMPOTENCY_KEY, "
+    "UNSAFE_URL, INVALID_EVENTS...",
     401: "No token, or a malformed, unknown, revoked or expired one",
     402: "SANDBOX_EXHAUSTED: the sandbox token used up its lifetime requests",
     403: "MISSING_SCOPE, IP_NOT_ALLOWED, BRAND_NOT_AUTHORIZED, COLLABORATOR_INSUFFICIENT",
     404: "NOT_FOUND: no such resource, or not reachable with this token",
-    409: "POST_PUBLISHING, or an Idempotency-Key conflict (IDEMPOTENCY_KEY_MISMATCH / IN_USE)",
+    409: "POST_PUBLISHING, WEBHOOK_DISABLED, DELIVERY_IN_PROGRESS, or an Idempotency-Key "
+    "conflict (IDEMPOTENCY_KEY_MISMATCH / IN_USE)",
     429: "RATE_LIMITED, DAILY_LIMIT_EXCEEDED, MONTHLY_LIMIT_EXCEEDED, PAGE/BRAND_PUBLISH_GUARDRAIL",
     500: "SERVER_ERROR",
     502: "PUBLISH_FAILED (platform_code says why) or PUBLISH_IN_DOUBT",

@@ -1,0 +1,186 @@
+"""Harnesses that put every adapter in front of its platform: the sandbox as is, Mastodon and
+Bluesky in front of their loopback fakes, with credentials in memory and media fetched from the
+fake through the daemon's own (SSRF-guarded) fetcher, loopback allowed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import _http, base, bluesky, mastodon, sandbox
+from daemon import netguard
+from daemon.app import MediaFetcher
+from daemon.clock import FakeClock
+from tests.fakes._server import FakePlatform
+from tests.fakes.bluesky import FakeBluesky
+from tests.fakes.mastodon import FakeMastodon
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PAGE = "page_1"
+TIMEOUTS = _http.Timeouts(connect=2, read=0.5, write=2, pool=2)
+
+
+class MemoryCredentials:
+    """A credential store in memory; counts saves."""
+
+    def __init__(self, pages: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.pages = {k: dict(v) for k, v in (pages or {}).items()}
+        self.saved: list[tuple[str, dict[str, str]]] = []
+
+    async def load(self, page_id: str) -> Mapping[str, str]:
+        if page_id not in self.pages:
+            raise base.AuthError("not connected", code="NOT_CONNECTED")
+        return dict(self.pages[page_id])
+
+    async def save(self, page_id: str, credentials: Mapping[str, str]) -> None:
+        self.pages[page_id] = dict(credentials)
+        self.saved.append((page_id, dict(credentials)))
+
+
+def fetcher() -> MediaFetcher:
+    return MediaFetcher(netguard.Policy(allow_loopback=True, allow_http=True), 5)
+
+
+class Slept:
+    """An injected sleep that only records (and moves the fake clock)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.waits = clock, list[float]()
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.advance(seconds)
+
+
+@dataclass
+class Harness:
+    """One adapter and its platform, seen the same way by the contract tests."""
+
+    platform: str
+    adapter: Any
+    clock: FakeClock
+    fake: FakePlatform | None = None
+    store: MemoryCredentials = field(default_factory=MemoryCredentials)
+    sandbox: sandbox.SandboxAdapter | None = None
+
+    def post(
+        self, message: str | None = "Hello from postd", *media: str, post_id: str = "post_1"
+    ) -> base.PostPayload:
+        items = tuple(base.MediaItem(url, "photo") for url in media)
+        return base.PostPayload(post_id, PAGE, self.platform, message, media=items)
+
+    def image_url(self) -> str:
+        if self.fake is None:
+            return "https://media.example/cat.png"
+        return self.fake.serve_file("cat.png", PNG, "image/png")
+
+    def mark(self) -> int:
+        return len(self.fake.requests) if self.fake else 0
+
+    def routes(self, since: int = 0) -> list[str]:
+        """Route names the adapter called since ``mark`` (media downloads left out)."""
+        if self.fake is None:
+            return []
+        return [r.route for r in self.fake.requests[since:] if r.route != "file"]
+
+    def someone_comments(self, remote_id: str, text: str) -> str:
+        if isinstance(self.fake, FakeMastodon):
+            bob = self.fake.add_account("token-bob", "bob", "Bob")
+            return str(self.fake.add_reply(remote_id, text, bob)["id"])
+        if isinstance(self.fake, FakeBluesky):
+            return str(self.fake.add_reply(remote_id, text, "bob.test")["uri"])
+        assert self.sandbox is not None
+        return self.sandbox.add_comment(remote_id, text).id
+
+    def published_texts(self) -> list[str]:
+        if isinstance(self.fake, FakeMastodon):
+            return [s["_text"] for s in self.fake.statuses if s["in_reply_to_id"] is None]
+        if isinstance(self.fake, FakeBluesky):
+            return [r["value"]["text"] for r in self.fake.records if "reply" not in r["value"]]
+        assert self.sandbox is not None
+        return [r.message or "" for r in self.sandbox.published_records()]
+
+
+async def mastodon_harness(clock: FakeClock, **fake_options: Any) -> Harness:
+    fake = FakeMastodon(clock.now, **fake_options)
+    await fake.start()
+    store = MemoryCredentials(
+        {
+            PAGE: {
+                "instance": fake.base_url,
+                "access_token": "token-alice",
+                "account_id": fake.alice["id"],
+                "acct": "alice",
+            }
+        }
+    )
+    adapter = mastodon.MastodonAdapter(
+        store,
+        now=clock.now,
+        fetch_media=fetcher(),
+        timeouts=TIMEOUTS,
+        sleep=Slept(clock),
+        media_poll_seconds=1.0,
+        media_poll_max_seconds=5.0,
+    )
+    return Harness("mastodon", adapter, clock, fake, store)
+
+
+async def bluesky_harness(clock: FakeClock, **fake_options: Any) -> Harness:
+    fake = FakeBluesky(clock.now, **fake_options)
+    await fake.start()
+    connected = await bluesky.connect("alice.test", "app-pass-1234", api_base=fake.base_url)
+    fake.requests.clear()  # the login is the CLI's, not the adapter's
+    store = MemoryCredentials({PAGE: connected.credentials})
+    adapter = bluesky.BlueskyAdapter(
+        store, now=clock.now, fetch_media=fetcher(), api_base=fake.base_url, timeouts=TIMEOUTS
+    )
+    return Harness("bluesky", adapter, clock, fake, store)
+
+
+def sandbox_harness(tmp_path: Path, clock: FakeClock) -> Harness:
+    adapter = sandbox.SandboxAdapter(tmp_path / "sandbox.db", clock)
+    return Harness("sandbox", adapter, clock, sandbox=adapter)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def _close(harness: Harness) -> None:
+    await harness.adapter.aclose()
+    if harness.fake is not None:
+        await harness.fake.stop()
+
+
+@pytest.fixture
+async def masto(clock: FakeClock) -> AsyncIterator[Harness]:
+    harness = await mastodon_harness(clock)
+    yield harness
+    await _close(harness)
+
+
+@pytest.fixture
+async def sky(clock: FakeClock) -> AsyncIterator[Harness]:
+    harness = await bluesky_harness(clock)
+    yield harness
+    await _close(harness)
+
+
+@pytest.fixture(params=["sandbox", "mastodon", "bluesky"])
+async def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[Harness]:
+    if request.param == "sandbox":
+        made = sandbox_harness(tmp_path, clock)
+    elif request.param == "mastodon":
+        made = await mastodon_harness(clock)
+    else:
+        made = await bluesky_harness(clock)
+    yield made
+    await _close(made)

@@ -1,0 +1,157 @@
+"""The adapter contract over every adapter: the sandbox, and Mastodon and Bluesky against their
+loopback fakes. Each case also pins the platform calls the documented flow makes (route names of
+the fakes; the sandbox makes none)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from adapters import base
+from tests.contract.conftest import Harness
+
+EXPECTED: dict[str, dict[str, list[str]]] = {
+    "text_post": {"mastodon": ["instance", "statuses"], "bluesky": ["create_record"]},
+    "image_post": {
+        "mastodon": ["instance", "media", "statuses"],
+        "bluesky": ["upload_blob", "create_record"],
+    },
+    "first_comment": {"mastodon": ["statuses"], "bluesky": ["get_record", "create_record"]},
+    "list_comments": {"mastodon": ["context"], "bluesky": ["get_post_thread"]},
+    "reply": {"mastodon": ["context", "statuses"], "bluesky": ["get_record", "create_record"]},
+    "find_published": {"mastodon": ["account_statuses"], "bluesky": ["list_records"]},
+    "refresh": {"mastodon": ["verify"], "bluesky": ["refresh_session"]},
+}
+
+
+def expected(case: str, harness: Harness) -> list[str]:
+    return EXPECTED[case].get(harness.platform, [])
+
+
+async def test_is_an_adapter(harness: Harness) -> None:
+    """Every implementation satisfies the runtime-checkable Adapter protocol."""
+    assert isinstance(harness.adapter, base.Adapter)
+    assert harness.adapter.platform == harness.platform
+
+
+async def test_text_post_publishes_once(harness: Harness) -> None:
+    """A text post reaches the platform once, through the documented calls, with a UTC time."""
+    published = await harness.adapter.publish(harness.post("Hello #postd"))
+
+    assert published.remote_id
+    assert published.published_at.utcoffset() == timedelta(0)
+    assert harness.published_texts() == ["Hello #postd"]
+    assert harness.routes() == expected("text_post", harness)
+
+
+async def test_image_post_uploads_then_publishes(harness: Harness) -> None:
+    """An image post uploads the image first, then publishes once, and is found again."""
+    post = harness.post("With a cat", harness.image_url())
+    since = harness.clock.now() - timedelta(minutes=1)
+
+    published = await harness.adapter.publish(post)
+
+    assert harness.routes() == expected("image_post", harness)
+    assert harness.published_texts() == ["With a cat"]
+    found = await harness.adapter.find_published(post, since)
+    assert found is not None and found.remote_id == published.remote_id
+
+
+async def test_first_comment_is_posted_on_the_published_post(harness: Harness) -> None:
+    """post_comment answers a Comment on that post, made by the documented reply call."""
+    published = await harness.adapter.publish(harness.post())
+    mark = harness.mark()
+
+    comment = await harness.adapter.post_comment(harness.post(), published.remote_id, "First!")
+
+    assert (comment.post_remote_id, comment.message, comment.parent_id) == (
+        published.remote_id,
+        "First!",
+        None,
+    )
+    assert harness.routes(mark) == expected("first_comment", harness)
+    listed = await harness.adapter.list_comments(harness.post(), published.remote_id)
+    assert [c.id for c in listed] == [comment.id]
+
+
+async def test_list_comments_oldest_first_and_since(harness: Harness) -> None:
+    """Others' comments come back oldest first; ``since`` leaves older ones out."""
+    published = await harness.adapter.publish(harness.post())
+    first = harness.someone_comments(published.remote_id, "nice")
+    harness.clock.advance(60)
+    cutoff = harness.clock.now()
+    second = harness.someone_comments(published.remote_id, "very nice")
+    mark = harness.mark()
+
+    everything = await harness.adapter.list_comments(harness.post(), published.remote_id)
+    recent = await harness.adapter.list_comments(harness.post(), published.remote_id, cutoff)
+
+    assert [(c.id, c.message) for c in everything] == [(first, "nice"), (second, "very nice")]
+    assert [c.id for c in recent] == [second]
+    assert all(c.post_remote_id == published.remote_id for c in everything)
+    assert harness.routes(mark) == expected("list_comments", harness) * 2
+
+
+async def test_reply_to_comment_is_threaded_under_it(harness: Harness) -> None:
+    """A reply names the comment as its parent and is listed with the post's comments."""
+    published = await harness.adapter.publish(harness.post())
+    comment_id = harness.someone_comments(published.remote_id, "question?")
+    mark = harness.mark()
+
+    reply = await harness.adapter.reply_to_comment(harness.post(), comment_id, "answer")
+
+    assert harness.routes(mark) == expected("reply", harness)
+    assert (reply.parent_id, reply.message) == (comment_id, "answer")
+    listed = await harness.adapter.list_comments(harness.post(), published.remote_id)
+    assert [(c.message, c.parent_id) for c in listed] == [
+        ("question?", None),
+        ("answer", comment_id),
+    ]
+
+
+async def test_find_published_by_content_and_exclusions(harness: Harness) -> None:
+    """find_published finds the post by content; excluded ids, other text and later windows
+    find nothing."""
+    since = harness.clock.now() - timedelta(minutes=1)
+    published = await harness.adapter.publish(harness.post("Find me"))
+    mark = harness.mark()
+
+    found = await harness.adapter.find_published(harness.post("Find me"), since)
+
+    assert harness.routes(mark) == expected("find_published", harness)
+    assert found is not None and found.remote_id == published.remote_id
+    excluded = frozenset({published.remote_id})
+    assert await harness.adapter.find_published(harness.post("Find me"), since, excluded) is None
+    assert await harness.adapter.find_published(harness.post("Not me"), since) is None
+    later = harness.clock.now() + timedelta(minutes=1)
+    assert await harness.adapter.find_published(harness.post("Find me"), later) is None
+
+
+async def test_refresh_credentials_keeps_the_page_usable(harness: Harness) -> None:
+    """refresh_credentials returns credentials that still publish."""
+    creds = dict(harness.store.pages.get("page_1", {}))
+
+    refreshed = await harness.adapter.refresh_credentials(creds)
+
+    assert harness.routes() == expected("refresh", harness)
+    if harness.platform == "bluesky":
+        assert refreshed["refreshJwt"] != creds["refreshJwt"]
+        assert refreshed["did"] == creds["did"]
+    else:
+        assert dict(refreshed).items() >= creds.items()
+
+
+@pytest.mark.parametrize(
+    ("message", "ok"),
+    [("x" * 300, True), ("x" * 5001, False), (None, False), ("  ", False)],
+    ids=["300-chars", "5001-chars", "none", "blank"],
+)
+async def test_validate_counts_in_the_platforms_own_way(
+    harness: Harness, message: str | None, ok: bool
+) -> None:
+    """validate accepts 300 characters everywhere and refuses empty or 5001-character posts."""
+    problems = harness.adapter.validate(harness.post(message))
+
+    assert (problems == []) is ok, problems
+    assert harness.routes() == []
