@@ -20,8 +20,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from adapters import _http, base, bluesky, mastodon, sandbox
-from daemon import __version__, config, credentials, netguard, systemd
+from adapters import _http, _progress, base, bluesky, facebook, instagram, mastodon, sandbox, x
+from daemon import __version__, config, credentials, netguard, oauth, progress, systemd
 from daemon import clock as clock_mod
 from daemon.api import errors as api_errors
 from daemon.api import gate, idempotency, limits, ops, v1
@@ -77,6 +77,37 @@ def build_adapters(
             api_base=conf.bluesky.api_base,
             timeouts=timeouts,
         ),
+        # X (issue 5): pages connect through daemon/oauth.py; the app refreshes their tokens.
+        "twitter": x.XAdapter(
+            store,
+            now=clock.now,
+            app=x.OAuthApp(conf.twitter.client_id, conf.twitter.client_secret),
+            fetch_media=fetch,
+            api_base=conf.twitter.api_base,
+            timeouts=timeouts,
+        ),
+        # Facebook and Instagram (Graph, issue 5): Graph fetches media from the post's URL itself,
+        # so it must be public (unless loopback is allowed: tests, local fakes). Instagram keeps
+        # its container ids in the adapter_progress table.
+        "facebook": facebook.FacebookAdapter(
+            store,
+            now=clock.now,
+            api_base=conf.facebook.api_base,
+            timeouts=timeouts,
+            public_media_only=not settings.netguard.allow_loopback,
+        ),
+        "instagram": instagram.InstagramAdapter(
+            store,
+            _progress.MemoryProgress() if engine is None else progress.DbProgress(engine, clock),
+            now=clock.now,
+            api_base=conf.instagram.api_base,
+            timeouts=timeouts,
+            sleep=sleep,
+            media_poll_seconds=conf.media_poll_seconds,
+            media_poll_max_seconds=conf.media_poll_max_seconds,
+            public_media_only=not settings.netguard.allow_loopback,
+        ),
+        # --- end Facebook and Instagram (Graph, issue 5)
     }
 
 
@@ -188,6 +219,7 @@ class App:
         self.http = FastAPI(title="postd", version=__version__, docs_url=None, redoc_url=None)
         self.http.state.postd = self
         self.http.include_router(ops.router)
+        self.http.include_router(oauth.router)  # GET /oauth/callback/<name> (issue 5)
         api_errors.install(self.http)  # even App.http's own 404 speaks the catalog
         self.api_gate = gate.ApiGate(v1.build_api(self), self)
         self.http.mount("/api/v1", self.api_gate)

@@ -71,6 +71,8 @@ class _Section(BaseModel):
 
 class ServerSettings(_Section):
     bind: str = "127.0.0.1:8787"
+    # Where browsers reach this daemon: OAuth redirect URIs are <public_url>/oauth/callback/<name>.
+    public_url: str = "http://127.0.0.1:8787"
 
     @field_validator("bind")
     @classmethod
@@ -79,6 +81,13 @@ class ServerSettings(_Section):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8787")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http(s) URL, e.g. https://postd.example.com")
+        return value.rstrip("/")
 
     @property
     def host(self) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import _http, base, bluesky, mastodon
 from daemon import clock as clock_mod
-from daemon import config, credentials, logs, services, tokens
+from daemon import config, credentials, logs, oauth, services, tokens
 from daemon.cli._base import Context, echo_json, fail, main, pass_ctx
 from daemon.errors import ConfigError, PostdError
 from daemon.store import db
@@ -424,3 +424,28 @@ def connect_mastodon(
         return await mastodon.connect(instance, token, timeouts=timeouts)
 
     _connect(ctx, "mastodon", brand_id, page_id, name, verify)
+
+
+@page_connect.command("x")
+@click.option("--brand", "brand_id", default=None, help="Brand of the new page.")
+@click.option("--page", "page_id", default=None, help="Re-connect this existing page instead.")
+@click.option("--name", default=None, help="Page name (default: the account's name).")
+@pass_ctx
+def connect_x(ctx: Context, brand_id: str | None, page_id: str | None, name: str | None) -> None:
+    """Print the X authorization URL (OAuth 2.0 with PKCE, valid 10 minutes). Open it signed in
+    as the account; X sends the browser back to the running daemon at [server] public_url
+    /oauth/callback/x, which stores the page and shows its id."""
+    if (brand_id is None) == (page_id is None):
+        fail("error: pass --brand (a new page) or --page (re-connect one), not both")
+    try:
+        url = oauth.authorization_url(
+            ctx.settings,
+            "x",
+            clock_mod.SystemClock().now(),
+            brand_id=brand_id or "",
+            page_id=page_id or "",
+            page_name=name or "",
+        )
+    except (oauth.OAuthError, credentials.KeyProblem) as exc:
+        fail(f"error: {exc}")
+    click.echo(url)

