@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -154,6 +155,23 @@ class GraphAccount:
     token: str = field(repr=False)
 
 
+PAGE_SIZE = 25
+MAX_PAGES = 4  # find_published and list_comments read at most this many pages
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFields:
+    """Where a kind of published node keeps what postd reads (Facebook posts and Instagram
+    media name the same things differently)."""
+
+    platform: str
+    edge: str  # the page node's edge that lists them: "posts", "media"
+    text: str  # "message", "caption"
+    created: str  # "created_time", "timestamp"
+    permalink: str  # "permalink_url", "permalink"
+    listing: str  # the fields find_published asks for
+
+
 class GraphClient:
     """Authenticated Graph requests for one adapter: the token goes as the ``access_token``
     parameter (query on GET, form field on POST); on an auth error the stored credentials are
@@ -218,6 +236,72 @@ class GraphClient:
                     continue
             raise error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def with_permalink(
+        self, page_id: str, remote_id: str, fields: NodeFields
+    ) -> base.Published:
+        """The published node with its link and time; a failed read only loses the link (the
+        node is published all the same)."""
+        now = self._now()
+        try:
+            node = await self.call(
+                page_id,
+                "GET",
+                f"/{remote_id}",
+                final=False,
+                what="permalink",
+                params={"fields": f"id,{fields.permalink},{fields.created}"},
+            )
+        except base.AdapterError:
+            return base.Published(remote_id, None, now)
+        when = graph_time(node.get(fields.created), now)
+        return base.Published(remote_id, node.get(fields.permalink), when)
+
+    async def find_published(
+        self,
+        post: base.PostPayload,
+        since: datetime,
+        exclude_remote_ids: AbstractSet[str],
+        fields: NodeFields,
+    ) -> base.Published | None:
+        """The page's node published at or after ``since`` with the post's text, newest pages
+        first, reading at most ``MAX_PAGES`` pages of the edge."""
+        params: dict[str, Any] = {
+            "fields": fields.listing,
+            "limit": PAGE_SIZE,
+        }
+        for _ in range(MAX_PAGES):
+            page = await self.call(
+                post.page_id,
+                "GET",
+                "/{node}/" + fields.edge,
+                final=False,
+                what=f"list {fields.edge}",
+                params=params,
+            )
+            items = page.get("data")
+            if not isinstance(items, list):
+                raise base.RetryableError(
+                    f"{fields.platform}: {fields.edge} is not a list", code="BAD_RESPONSE"
+                )
+            reached_older = False
+            for item in items:
+                created = graph_time(item.get(fields.created), self._now())
+                if created < since:
+                    reached_older = True
+                    continue
+                remote = str(item.get("id"))
+                if remote not in exclude_remote_ids and same_text(
+                    item.get(fields.text), post.message
+                ):
+                    return base.Published(remote, item.get(fields.permalink), created)
+            after = next_cursor(page)
+            if reached_older or after is None:
+                return None
+            params["after"] = after
+        raise base.UnsupportedAction(
+            f"{fields.platform}: more than {PAGE_SIZE * MAX_PAGES} {fields.edge} since the attempt"
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -26,8 +26,14 @@ import httpx
 from adapters import _graph, _http, base
 
 MAX_MESSAGE = 63_206  # [U]
-PAGE_SIZE = 25
-MAX_PAGES = 4  # find_published and list_comments read at most this many pages
+NODES = _graph.NodeFields(
+    "facebook",
+    "posts",
+    "message",
+    "created_time",
+    "permalink_url",
+    listing="id,message,created_time,permalink_url",
+)
 
 
 class FacebookAdapter:
@@ -76,23 +82,7 @@ class FacebookAdapter:
             remote = made.get("id")
         if not remote:
             raise base.AmbiguousError("facebook: a post without an id", code="BAD_RESPONSE")
-        return await self._with_permalink(post.page_id, str(remote))
-
-    async def _with_permalink(self, page_id: str, remote_id: str) -> base.Published:
-        now = self._now()
-        try:
-            node = await self._graph.call(
-                page_id,
-                "GET",
-                f"/{remote_id}",
-                final=False,
-                what="permalink",
-                params={"fields": "id,permalink_url,created_time"},
-            )
-        except base.AdapterError:  # published all the same; only the link is missing
-            return base.Published(remote_id, None, now)
-        when = _graph.graph_time(node.get("created_time"), now)
-        return base.Published(remote_id, node.get("permalink_url"), when)
+        return await self._graph.with_permalink(post.page_id, str(remote), NODES)
 
     # --- reconciliation -----------------------------------------------------------------------
 
@@ -102,35 +92,7 @@ class FacebookAdapter:
         since: datetime,
         exclude_remote_ids: AbstractSet[str] = frozenset(),
     ) -> base.Published | None:
-        params: dict[str, Any] = {
-            "fields": "id,message,created_time,permalink_url",
-            "limit": PAGE_SIZE,
-        }
-        for _ in range(MAX_PAGES):
-            page = await self._graph.call(
-                post.page_id, "GET", "/{node}/posts", final=False, what="list posts", params=params
-            )
-            items = page.get("data")
-            if not isinstance(items, list):
-                raise base.RetryableError("facebook: posts are not a list", code="BAD_RESPONSE")
-            reached_older = False
-            for item in items:
-                created = _graph.graph_time(item.get("created_time"), self._now())
-                if created < since:
-                    reached_older = True
-                    continue
-                remote = str(item.get("id"))
-                if remote not in exclude_remote_ids and _graph.same_text(
-                    item.get("message"), post.message
-                ):
-                    return base.Published(remote, item.get("permalink_url"), created)
-            after = _graph.next_cursor(page)
-            if reached_older or after is None:
-                return None
-            params["after"] = after
-        raise base.UnsupportedAction(
-            f"facebook: more than {PAGE_SIZE * MAX_PAGES} posts since the attempt"
-        )
+        return await self._graph.find_published(post, since, exclude_remote_ids, NODES)
 
     # --- comments -----------------------------------------------------------------------------
 
@@ -170,7 +132,7 @@ class FacebookAdapter:
             "limit": 100,
         }
         comments: list[base.Comment] = []
-        for _ in range(MAX_PAGES):
+        for _ in range(_graph.MAX_PAGES):
             page = await self._graph.call(
                 post.page_id,
                 "GET",

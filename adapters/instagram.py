@@ -38,8 +38,14 @@ from adapters import _graph, _http, _progress, base
 MAX_CAPTION = 2200
 MAX_HASHTAGS = 30
 MAX_MENTIONS = 20  # [U]
-PAGE_SIZE = 25
-MAX_PAGES = 4
+NODES = _graph.NodeFields(
+    "instagram",
+    "media",
+    "caption",
+    "timestamp",
+    "permalink",
+    listing="id,caption,media_type,permalink,timestamp",
+)
 FIND_SKEW = timedelta(minutes=2)
 _HASHTAG = re.compile(r"(?<![\w&])#\w+")
 _MENTION = re.compile(r"(?<![\w@])@[\w.]+")
@@ -89,7 +95,7 @@ class InstagramAdapter:
         keys = _Keys(post)
         done = await self._progress.get(post.post_id, keys.media)
         if done:  # published by an earlier try whose answer was not recorded by the daemon
-            return await self._with_permalink(post.page_id, done)
+            return await self._graph.with_permalink(post.page_id, done, NODES)
         sent_at = await self._progress.get(post.post_id, keys.sent)
         if sent_at:
             since = _http.parse_time(sent_at, self._now()) - FIND_SKEW
@@ -117,7 +123,7 @@ class InstagramAdapter:
         if not made.get("id"):
             raise base.AmbiguousError("instagram: a media without an id", code="BAD_RESPONSE")
         await self._progress.put(post.post_id, keys.media, str(made["id"]))
-        return await self._with_permalink(post.page_id, str(made["id"]))
+        return await self._graph.with_permalink(post.page_id, str(made["id"]), NODES)
 
     async def _ready_container(self, post: base.PostPayload, keys: _Keys) -> str:
         """A FINISHED container for ``post``: the stored one, or a new one (at most one
@@ -208,22 +214,6 @@ class InstagramAdapter:
                     retry_after=_graph.DAILY_CAP_WAIT,
                 )
 
-    async def _with_permalink(self, page_id: str, media_id: str) -> base.Published:
-        now = self._now()
-        try:
-            node = await self._graph.call(
-                page_id,
-                "GET",
-                f"/{media_id}",
-                final=False,
-                what="permalink",
-                params={"fields": "id,permalink,timestamp"},
-            )
-        except base.AdapterError:  # published all the same; only the link is missing
-            return base.Published(media_id, None, now)
-        when = _graph.graph_time(node.get("timestamp"), now)
-        return base.Published(media_id, node.get("permalink"), when)
-
     # --- reconciliation -----------------------------------------------------------------------
 
     async def find_published(
@@ -232,35 +222,7 @@ class InstagramAdapter:
         since: datetime,
         exclude_remote_ids: AbstractSet[str] = frozenset(),
     ) -> base.Published | None:
-        params: dict[str, Any] = {
-            "fields": "id,caption,media_type,permalink,timestamp",
-            "limit": PAGE_SIZE,
-        }
-        for _ in range(MAX_PAGES):
-            page = await self._graph.call(
-                post.page_id, "GET", "/{node}/media", final=False, what="list media", params=params
-            )
-            items = page.get("data")
-            if not isinstance(items, list):
-                raise base.RetryableError("instagram: media is not a list", code="BAD_RESPONSE")
-            reached_older = False
-            for item in items:
-                created = _graph.graph_time(item.get("timestamp"), self._now())
-                if created < since:
-                    reached_older = True
-                    continue
-                remote = str(item.get("id"))
-                if remote not in exclude_remote_ids and _graph.same_text(
-                    item.get("caption"), post.message
-                ):
-                    return base.Published(remote, item.get("permalink"), created)
-            after = _graph.next_cursor(page)
-            if reached_older or after is None:
-                return None
-            params["after"] = after
-        raise base.UnsupportedAction(
-            f"instagram: more than {PAGE_SIZE * MAX_PAGES} media since the attempt"
-        )
+        return await self._graph.find_published(post, since, exclude_remote_ids, NODES)
 
     # --- comments -----------------------------------------------------------------------------
 
