@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -113,3 +116,17 @@ async def attempt_owners(app: Any) -> Counter[str]:
     """How many attempts each instance made."""
     async with app.sessions() as session:
         return Counter(await session.scalars(select(PublishAttempt.instance)))
+
+
+def postd_command() -> list[str]:
+    """How to run this checkout's ``postd`` CLI as a subprocess."""
+    script = Path(sys.executable).with_name("postd")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from daemon.cli import main; main()"]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for a ``postd`` subprocess: the caller's shell without its POSTD_*
+    variables, which would override the test's config file."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("POSTD_")}

@@ -8,13 +8,10 @@ The sleeps here are the adversary's timing (when to pull the plug), not waits fo
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from contextlib import closing, suppress
@@ -30,6 +27,8 @@ from adapters.sandbox import SandboxAdapter
 from daemon import config, services
 from daemon.clock import SystemClock
 from daemon.store import db
+from tests.live_server import free_port
+from tests.support import clean_env, postd_command
 
 POSTS = 500
 BRANDS = 5
@@ -88,25 +87,6 @@ failure_rate = 0.02
 level = "warning"
 format = "json"
 """
-
-
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _postd() -> list[str]:
-    script = Path(sys.executable).with_name("postd")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from daemon.cli import main; main()"]
-
-
-def _env() -> dict[str, str]:
-    # POSTD_* variables of the caller's shell would override the test's config file.
-    return {k: v for k, v in os.environ.items() if not k.startswith("POSTD_")}
 
 
 async def _seed(settings: config.Settings) -> dict[str, str]:
@@ -178,12 +158,12 @@ class Daemon:
         self._log.write(f"--- start {len(self.procs) + 1}\n".encode())
         self._log.flush()
         proc = subprocess.Popen(
-            [*_postd(), "--config", str(self.config_path), "run"],
+            [*postd_command(), "--config", str(self.config_path), "run"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.config_path.parent,
-            env=_env(),
+            env=clean_env(),
         )
         self.procs.append(proc)
         self.wait_up(proc)
@@ -312,16 +292,16 @@ def _audit(db_path: Path, sandbox_path: Path, texts: dict[str, str]) -> dict[str
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """SIGKILLed >= 20 times mid-publish, postd still ends each post once, with one event."""
-    port = _free_port()
+    port = free_port()
     db_path, sandbox_path = tmp_path / "postd.db", tmp_path / "sandbox.db"
     config_path = tmp_path / "postd.toml"
     config_path.write_text(CONFIG.format(port=port, db=db_path, sandbox=sandbox_path))
     migrated = subprocess.run(
-        [*_postd(), "--config", str(config_path), "migrate"],
+        [*postd_command(), "--config", str(config_path), "migrate"],
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(),
+        env=clean_env(),
         check=False,
     )
     assert migrated.returncode == 0, migrated.stderr

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -26,6 +24,8 @@ import pytest
 
 from daemon import config, services, tokens
 from daemon.store import db
+from tests.live_server import free_port
+from tests.support import clean_env, postd_command
 from tests.webhook_receiver import Receiver, running
 
 POSTS = 500
@@ -77,33 +77,13 @@ format = "json"
 """
 
 
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _postd() -> list[str]:
-    script = Path(sys.executable).with_name("postd")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from daemon.cli import main; main()"]
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("POSTD_")}
-
-
 def _run(config_path: Path, *args: str) -> str:
     done = subprocess.run(
-        [*_postd(), "--config", str(config_path), *args],
+        [*postd_command(), "--config", str(config_path), *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(),
+        env=clean_env(),
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -159,12 +139,12 @@ class Daemon:
     def start(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [*_postd(), "--config", str(self.config_path), "run"],
+                [*postd_command(), "--config", str(self.config_path), "run"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.config_path.parent,
-                env=_env(),
+                env=clean_env(),
             )
         self.procs.append(proc)
         deadline = time.monotonic() + UP_TIMEOUT
@@ -211,7 +191,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.mark.slow
 def test_sigkill_during_a_burst_loses_no_event(tmp_path: Path, receiver: Receiver) -> None:
     """Killed 4 times while 500 events are being delivered: all arrive; copies share an id."""
-    port = _free_port()
+    port = free_port()
     db_path = tmp_path / "postd.db"
     config_path = tmp_path / "postd.toml"
     config_path.write_text(CONFIG.format(port=port, db=db_path, sandbox=tmp_path / "sb.db"))
