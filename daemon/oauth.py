@@ -26,7 +26,7 @@ import base64
 import hashlib
 import html
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
@@ -45,7 +45,8 @@ log = structlog.get_logger("postd.oauth")
 STATE_LIFETIME = timedelta(minutes=10)
 CALLBACK_PATH = "/oauth/callback/{name}"
 
-Exchange = Callable[[str, str, str], Awaitable[_http.Connected]]  # code, verifier, redirect_uri
+Exchange = Callable[[str, str, str], Awaitable["Sequence[_http.Connected] | _http.Connected"]]
+"""code, PKCE verifier ("" when the provider takes no PKCE), redirect_uri -> the account(s)."""
 
 
 class OAuthError(PostdError):
@@ -58,7 +59,13 @@ class OAuthError(PostdError):
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """One OAuth platform: ``name`` in URLs and the CLI, ``platform`` in postd."""
+    """One OAuth platform: ``name`` in URLs and the CLI, ``platform`` in postd.
+
+    ``exchange`` returns every account the grant covers (a Facebook user's Pages, say); each
+    becomes a page. The authorization URL is built from the standard parameters, renamed or
+    extended per platform: ``client_id_param`` (TikTok says ``client_key``), ``scope_separator``
+    (TikTok and Facebook use commas), ``pkce`` (False where the platform has no PKCE for web
+    apps), ``extra_params`` (Google's ``access_type=offline``, say)."""
 
     name: str
     platform: str
@@ -66,36 +73,57 @@ class Provider:
     scopes: tuple[str, ...]
     client_id: str
     exchange: Exchange
+    pkce: bool = True
+    client_id_param: str = "client_id"
+    scope_separator: str = " "
+    extra_params: tuple[tuple[str, str], ...] = ()
+
+
+ProviderFactory = Callable[[config.Settings, _http.Now, _http.Timeouts], Provider]
+
+
+def _x_provider(settings: config.Settings, now: _http.Now, timeouts: _http.Timeouts) -> Provider:
+    app = settings.platforms.twitter
+    oauth_app = x.OAuthApp(app.client_id, app.client_secret)
+
+    async def exchange(code: str, verifier: str, redirect_uri: str) -> _http.Connected:
+        return await x.connect(
+            code,
+            verifier,
+            redirect_uri,
+            api_base=app.api_base,
+            app=oauth_app,
+            now=now,
+            timeouts=timeouts,
+        )
+
+    return Provider(
+        "x", "twitter", x.authorize_url(app.api_base), x.SCOPES, app.client_id, exchange
+    )
+
+
+PROVIDERS: dict[str, tuple[str, ProviderFactory]] = {
+    # CLI/URL name: (the [platforms.<section>] holding client_id/client_secret, factory)
+    "x": ("twitter", _x_provider),
+}
 
 
 def provider(settings: config.Settings, name: str, now: _http.Now) -> Provider:
     """The provider ``name``, or OAuthError when unknown or its app is not configured."""
     conf = settings.platforms
-    timeouts = _http.Timeouts(connect=conf.connect_timeout_seconds, read=conf.read_timeout_seconds)
-    if name == "x":
-        app = conf.twitter
-        if not app.client_id:
-            raise OAuthError(
-                "set [platforms.twitter] client_id (and client_secret for a confidential app)",
-                code="OAUTH_NOT_CONFIGURED",
-            )
-        oauth_app = x.OAuthApp(app.client_id, app.client_secret)
-
-        async def exchange(code: str, verifier: str, redirect_uri: str) -> _http.Connected:
-            return await x.connect(
-                code,
-                verifier,
-                redirect_uri,
-                api_base=app.api_base,
-                app=oauth_app,
-                now=now,
-                timeouts=timeouts,
-            )
-
-        return Provider(
-            "x", "twitter", x.authorize_url(app.api_base), x.SCOPES, app.client_id, exchange
+    if name not in PROVIDERS:
+        known = ", ".join(sorted(PROVIDERS))
+        raise OAuthError(
+            f"no OAuth connect flow for {name!r} (known: {known})", code="OAUTH_UNKNOWN"
         )
-    raise OAuthError(f"no OAuth connect flow for {name!r} (known: x)", code="OAUTH_UNKNOWN")
+    section, factory = PROVIDERS[name]
+    if not getattr(conf, section).client_id:
+        raise OAuthError(
+            f"set [platforms.{section}] client_id (and client_secret for a confidential app)",
+            code="OAUTH_NOT_CONFIGURED",
+        )
+    timeouts = _http.Timeouts(connect=conf.connect_timeout_seconds, read=conf.read_timeout_seconds)
+    return factory(settings, now, timeouts)
 
 
 def redirect_uri(settings: config.Settings, name: str) -> str:
@@ -170,14 +198,61 @@ def authorization_url(
     state = make_state(_vault(settings), State(name, brand_id, page_id, page_name, verifier), now)
     query = {
         "response_type": "code",
-        "client_id": found.client_id,
+        found.client_id_param: found.client_id,
         "redirect_uri": redirect_uri(settings, name),
-        "scope": " ".join(found.scopes),
+        "scope": found.scope_separator.join(found.scopes),
         "state": state,
-        "code_challenge": pkce_challenge(verifier),
-        "code_challenge_method": "S256",
     }
+    if found.pkce:
+        query |= {"code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"}
+    query |= dict(found.extra_params)
     return f"{found.authorize_url}?{urlencode(query)}"
+
+
+async def store_connected(
+    session: AsyncSession,
+    vault: credentials.Vault,
+    platform: str,
+    accounts: Sequence[_http.Connected],
+    *,
+    brand_id: str,
+    page_id: str,
+    page_name: str,
+    now: datetime,
+) -> list[tuple[str, _http.Connected]]:
+    """Store what a connect verified, encrypted: one new page of ``brand_id`` per account, or
+    the credentials of ``page_id`` again (re-connect: the account with the page's external id,
+    or the only one). Page ids with their accounts; PostdError when nothing fits."""
+    if not accounts:
+        raise OAuthError("the grant covers no account postd can publish to", code="OAUTH_NO_PAGES")
+    if page_id:
+        page = await services.get_page(session, page_id)
+        if page.platform != platform:
+            raise OAuthError(f"page {page.id} is a {page.platform} page, not {platform}")
+        same = [a for a in accounts if a.external_id == page.external_id]
+        if not same and len(accounts) > 1:
+            raise OAuthError(
+                f"the grant does not cover page {page.id} ({page.external_id})",
+                code="OAUTH_PAGE_NOT_GRANTED",
+            )
+        account = (same or list(accounts))[0]
+        page.username, page.external_id = account.username, account.external_id
+        await credentials.store(session, page, vault, account.credentials)
+        return [(page.id, account)]
+    stored = []
+    for account in accounts:
+        page = await services.add_page(
+            session,
+            brand_id=brand_id,
+            platform=platform,
+            name=(page_name if len(accounts) == 1 else "") or account.name,
+            now=now,
+            username=account.username,
+            external_id=account.external_id,
+        )
+        await credentials.store(session, page, vault, account.credentials)
+        stored.append((page.id, account))
+    return stored
 
 
 async def complete(
@@ -187,29 +262,25 @@ async def complete(
     code: str,
     state_token: str,
     now: _http.Now,
-) -> tuple[str, _http.Connected]:
-    """Check the state, exchange the code, store the page; its id and the account."""
+) -> list[tuple[str, _http.Connected]]:
+    """Check the state, exchange the code, store the page(s); their ids and accounts."""
     vault = _vault(settings)
     state = read_state(vault, state_token, name, now())
     found = provider(settings, name, now)
-    connected = await found.exchange(code, state.verifier, redirect_uri(settings, name))
-    if state.page_id:
-        page = await services.get_page(session, state.page_id)
-        if page.platform != found.platform:
-            raise OAuthError(f"page {page.id} is a {page.platform} page, not {found.platform}")
-        page.username, page.external_id = connected.username, connected.external_id
-    else:
-        page = await services.add_page(
-            session,
-            brand_id=state.brand_id,
-            platform=found.platform,
-            name=state.page_name or connected.name,
-            now=now(),
-            username=connected.username,
-            external_id=connected.external_id,
-        )
-    await credentials.store(session, page, vault, connected.credentials)
-    return page.id, connected
+    got = await found.exchange(
+        code, state.verifier if found.pkce else "", redirect_uri(settings, name)
+    )
+    accounts = [got] if isinstance(got, _http.Connected) else list(got)
+    return await store_connected(
+        session,
+        vault,
+        found.platform,
+        accounts,
+        brand_id=state.brand_id,
+        page_id=state.page_id,
+        page_name=state.page_name,
+        now=now(),
+    )
 
 
 # --- the daemon's callback --------------------------------------------------------------------
@@ -236,9 +307,7 @@ async def callback(
         return _page(400, "Not connected", f"{name}: {reason}")
     try:
         async with app.sessions() as session, session.begin():
-            page_id, connected = await complete(
-                session, app.settings, name, code, state, app.clock.now
-            )
+            stored = await complete(session, app.settings, name, code, state, app.clock.now)
     except OAuthError as exc:
         log.warning("oauth_callback_refused", platform=name, code=exc.code)
         return _page(400, "Not connected", f"{exc.code}: {exc}")
@@ -248,5 +317,7 @@ async def callback(
     except PostdError as exc:
         log.warning("oauth_callback_refused", platform=name, code=exc.code)
         return _page(400, "Not connected", str(exc))
-    log.info("page_connected", platform=name, page_id=page_id, username=connected.username)
-    return _page(200, "Connected", f"page {page_id} is @{connected.username} on {name}")
+    for page_id, account in stored:
+        log.info("page_connected", platform=name, page_id=page_id, username=account.username)
+    listed = ", ".join(f"page {page_id} is @{account.username}" for page_id, account in stored)
+    return _page(200, "Connected", f"{listed} on {name}")

@@ -346,24 +346,17 @@ def _connect(
         fail(f"error: {platform} refused to connect: {exc.code}: {exc}")
 
     async def go(session: AsyncSession, _s: config.Settings) -> str:
-        if page_id is not None:
-            made = await services.get_page(session, page_id)
-            if made.platform != platform:
-                raise PostdError(f"page {page_id} is a {made.platform} page, not {platform}")
-            made.username, made.external_id = connected.username, connected.external_id
-        else:
-            assert brand_id is not None
-            made = await services.add_page(
-                session,
-                brand_id=brand_id,
-                platform=platform,
-                name=name or connected.name,
-                now=clock_mod.SystemClock().now(),
-                username=connected.username,
-                external_id=connected.external_id,
-            )
-        await credentials.store(session, made, vault, connected.credentials)
-        return made.id
+        stored = await oauth.store_connected(
+            session,
+            vault,
+            platform,
+            [connected],
+            brand_id=brand_id or "",
+            page_id=page_id or "",
+            page_name=name or "",
+            now=clock_mod.SystemClock().now(),
+        )
+        return stored[0][0]
 
     click.echo(ctx.run(go))
 
@@ -426,26 +419,36 @@ def connect_mastodon(
     _connect(ctx, "mastodon", brand_id, page_id, name, verify)
 
 
-@page_connect.command("x")
-@click.option("--brand", "brand_id", default=None, help="Brand of the new page.")
-@click.option("--page", "page_id", default=None, help="Re-connect this existing page instead.")
-@click.option("--name", default=None, help="Page name (default: the account's name).")
-@pass_ctx
-def connect_x(ctx: Context, brand_id: str | None, page_id: str | None, name: str | None) -> None:
-    """Print the X authorization URL (OAuth 2.0 with PKCE, valid 10 minutes). Open it signed in
-    as the account; X sends the browser back to the running daemon at [server] public_url
-    /oauth/callback/x, which stores the page and shows its id."""
-    if (brand_id is None) == (page_id is None):
-        fail("error: pass --brand (a new page) or --page (re-connect one), not both")
-    try:
-        url = oauth.authorization_url(
-            ctx.settings,
-            "x",
-            clock_mod.SystemClock().now(),
-            brand_id=brand_id or "",
-            page_id=page_id or "",
-            page_name=name or "",
-        )
-    except (oauth.OAuthError, credentials.KeyProblem) as exc:
-        fail(f"error: {exc}")
-    click.echo(url)
+def _oauth_connect_command(name: str, section: str) -> None:
+    @page_connect.command(name)
+    @click.option("--brand", "brand_id", default=None, help="Brand of the new page(s).")
+    @click.option("--page", "page_id", default=None, help="Re-connect this existing page instead.")
+    @click.option("--name", default=None, help="Page name (default: the account's name).")
+    @pass_ctx
+    def connect(ctx: Context, brand_id: str | None, page_id: str | None, name: str | None) -> None:
+        if (brand_id is None) == (page_id is None):
+            fail("error: pass --brand (a new page) or --page (re-connect one), not both")
+        try:
+            url = oauth.authorization_url(
+                ctx.settings,
+                command_name,
+                clock_mod.SystemClock().now(),
+                brand_id=brand_id or "",
+                page_id=page_id or "",
+                page_name=name or "",
+            )
+        except (oauth.OAuthError, credentials.KeyProblem) as exc:
+            fail(f"error: {exc}")
+        click.echo(url)
+
+    command_name = name
+    connect.help = (
+        f"Print the {name} authorization URL (OAuth 2.0, valid 10 minutes; needs [platforms."
+        f"{section}] client_id). Open it signed in as the account; the platform sends the browser"
+        f" back to the running daemon at [server] public_url /oauth/callback/{name}, which stores"
+        " the page(s) the grant covers and shows their ids."
+    )
+
+
+for _name, (_section, _factory) in oauth.PROVIDERS.items():
+    _oauth_connect_command(_name, _section)
