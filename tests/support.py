@@ -34,6 +34,7 @@ async def seed(
     spread_seconds: float,
     platform: str = "sandbox",
     text: str = "post",
+    first_comment: str | None = None,
 ) -> Seeded:
     """Brands x pages x posts with due times clustered in [start, start + spread)."""
     now = app.clock.now()
@@ -58,7 +59,10 @@ async def seed(
                 post = await services.schedule_post(
                     session,
                     services.NewPost(
-                        page_id=page_id, scheduled_at=at, message=f"{text} {n} {index}"
+                        page_id=page_id,
+                        scheduled_at=at,
+                        message=f"{text} {n} {index}",
+                        first_comment=first_comment,
                     ),
                     now=now,
                     scheduling=app.settings.scheduling,

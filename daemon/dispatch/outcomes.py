@@ -63,3 +63,5 @@ class Outcome:
     page_needs_reauth: bool = False
     # When the final try started (later than the claim when inline retries came first).
     started_at: datetime | None = None
+    # Set once a published post's first comment was tried: posted | failed | in_doubt.
+    first_comment_status: str | None = None

@@ -26,6 +26,8 @@ Sleep = Callable[[float], Awaitable[None]]
 # The platform's clock and ours differ a little: look this far before the attempt started.
 FIND_SKEW = timedelta(minutes=5)
 RECONCILE_BACKOFF = timedelta(seconds=60)
+FIRST_COMMENT_TRIES = 3
+FIRST_COMMENT_POSTED, FIRST_COMMENT_FAILED, FIRST_COMMENT_UNKNOWN = "posted", "failed", "in_doubt"
 
 
 class Pipeline:
@@ -70,9 +72,52 @@ class Pipeline:
             out = self._failure(claimed, exc, tries.decisions[-1] if tries.decisions else None)
         else:
             out = Outcome("published", claimed, self._clock.now(), "published", published)
+            await self._first_comment(out, published, look_first=False)
         out.extra_tries = tries.failed
         out.started_at = tries.started[-1]
         return out
+
+    async def _first_comment(
+        self, out: Outcome, published: base.Published, *, look_first: bool
+    ) -> None:
+        """Post the post's first comment on it right after it went out (SPEC §3). A failure
+        does not unpublish the post: it is recorded on it (``first_comment_status`` and the
+        error fields) and reported in ``post.published``. Transient errors are retried inline
+        like a publish (short waits only); an ambiguous answer is not repeated. ``look_first``
+        (a publish found by reconciliation, perhaps commented before a crash): a comment with
+        the same text already there counts as posted."""
+        claimed = out.claimed
+        text = claimed.payload.first_comment
+        if not text:
+            return
+        adapter = self._adapter(claimed.platform)
+        failures = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if look_first and await _commented(adapter, claimed, published, text):
+                        out.first_comment_status = FIRST_COMMENT_POSTED
+                        return
+                    await adapter.post_comment(claimed.payload, published.remote_id, text)
+            except Exception as exc:  # recorded on the post; the publish stands
+                failures += 1
+                if isinstance(exc, base.RetryableError) and failures < FIRST_COMMENT_TRIES:
+                    wait = exc.retry_after
+                    if wait is None:
+                        wait = retry.backoff(self._policy, failures, self._rng.random())
+                    if wait <= self._policy.inline_max_wait:
+                        await self._sleep(wait)
+                        continue
+                code = getattr(exc, "code", None) or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    code = "COMMENT_TIMEOUT"
+                unknown = isinstance(exc, (base.AmbiguousError, TimeoutError))
+                status = FIRST_COMMENT_UNKNOWN if unknown else FIRST_COMMENT_FAILED
+                out.first_comment_status = status
+                out.code, out.message = code, f"first comment not posted: {code}: {exc}"[:1000]
+                return
+            out.first_comment_status = FIRST_COMMENT_POSTED
+            return
 
     def _failure(
         self, claimed: ClaimedPost, exc: Exception, last: retry.RetryDecision | None
@@ -120,7 +165,9 @@ class Pipeline:
             out.message = f"could not ask the platform yet: {exc}"
             return out
         if found is not None:
-            return Outcome("published", claimed, now, "reconciled_published", found)
+            out = Outcome("published", claimed, now, "reconciled_published", found)
+            await self._first_comment(out, found, look_first=True)
+            return out
         out = Outcome("reschedule", claimed, now, "reconciled_absent", not_before=now)
         out.message = "an interrupted attempt did not reach the platform: publishing again"
         return out
@@ -192,6 +239,16 @@ class _Tries:
     def _wait(self, _state: tenacity.RetryCallState | None) -> float:
         last = self.decisions[-1]
         return last.wait if isinstance(last, retry.RetryInline) else 0.0
+
+
+async def _commented(
+    adapter: base.Adapter, claimed: ClaimedPost, published: base.Published, text: str
+) -> bool:
+    try:
+        comments = await adapter.list_comments(claimed.payload, published.remote_id)
+    except base.UnsupportedAction:
+        return False
+    return any(comment.message.strip() == text.strip() for comment in comments)
 
 
 def _try(started: datetime, finished: datetime, exc: Exception) -> TryRecord:

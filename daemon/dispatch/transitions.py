@@ -183,6 +183,11 @@ def finished(row: Mapping[str, Any], outcome: Outcome) -> Row:
             error_message=None,
             defer_reason=None,
         )
+        if outcome.first_comment_status is not None:
+            # A failed first comment leaves the post published; why is in the error fields.
+            changes["first_comment_status"] = outcome.first_comment_status
+            if outcome.first_comment_status != "posted":
+                changes.update(error_code=outcome.code, error_message=outcome.message)
     elif outcome.kind in ("reschedule", "release"):
         lifecycle.check(row["state"], lifecycle.SCHEDULED)
         not_before = outcome.not_before or now

@@ -31,6 +31,8 @@ class ScriptedAdapter(sandbox.SandboxAdapter):
         self.find_mode = "platform"  # | "unsupported" | "error"
         self.reported = base.PlatformLimits()
         self.gate = asyncio.Event()
+        self.comment_script: deque[Any] = deque()  # the same steps, for post_comment
+        self.comment_calls = 0
 
     async def publish(self, post: base.PostPayload) -> base.Published:
         self.calls += 1
@@ -47,6 +49,18 @@ class ScriptedAdapter(sandbox.SandboxAdapter):
         if step == GATED:
             await self.gate.wait()
         return await super().publish(post)
+
+    async def post_comment(
+        self, post: base.PostPayload, remote_id: str, message: str
+    ) -> base.Comment:
+        self.comment_calls += 1
+        step = self.comment_script.popleft() if self.comment_script else PUBLISH
+        if isinstance(step, BaseException):
+            raise step
+        if step == AMBIGUOUS_AFTER:
+            await super().post_comment(post, remote_id, message)
+            raise base.AmbiguousError("502 after accept", http_status=502, excerpt="Bad Gateway")
+        return await super().post_comment(post, remote_id, message)
 
     async def find_published(
         self,
