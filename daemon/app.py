@@ -35,6 +35,7 @@ from daemon.events import store as webhook_store
 from daemon.events import wakeup as webhook_wakeup
 from daemon.metrics import Metrics
 from daemon.store import db, notify
+from daemon.store import writer as writer_mod
 
 log = structlog.get_logger("postd")
 DUE_JOB = "dispatch-due"
@@ -187,6 +188,7 @@ class App:
         self.clock = clock or clock_mod.SystemClock()
         self.engine = db.create_engine(settings.database.url, settings.base_dir)
         self.sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.engine)
+        self.writer = writer_mod.GroupWriter(self.engine)  # the API's group commit
         self.metrics = Metrics()
         self.adapters = (
             dict(adapters)
@@ -466,6 +468,8 @@ class App:
                 await adapter.aclose()
         with contextlib.suppress(Exception):
             await self.deliverer.aclose()
+        with contextlib.suppress(Exception):
+            await self.writer.aclose()
         self._unwatch_outbox()
         await self.engine.dispose()
         if self._lock is not None:

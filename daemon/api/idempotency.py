@@ -32,12 +32,12 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.api import errors
 from daemon.api.deps import Principal
-from daemon.store import db
+from daemon.store import db, writer
 from daemon.store.models import IdempotencyKey
 
 log = structlog.get_logger("postd.idempotency")
@@ -231,7 +231,9 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
         "created_at": now,
         "locked_until": now + LOCK,
     }
-    async with postd_app.engine.begin() as conn:
+
+    async def claim(conn: AsyncConnection) -> Outcome | int:
+        """The outcome, or the rowcount of a take-over."""
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         stmt = insert(IdempotencyKey).values(token_id=req.token_id, key=req.key, **fields)
         inserted = await conn.execute(stmt.on_conflict_do_nothing().returning(IdempotencyKey.key))
@@ -248,7 +250,12 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
             .where(req.where(), IdempotencyKey.created_at == seen.created_at)
             .values(**fields)
         )
-    if taken.rowcount != 1:
+        return int(taken.rowcount)
+
+    got = await writer.write(postd_app, claim)
+    if isinstance(got, Outcome):
+        return got
+    if got != 1:
         return Outcome(Action.WAIT)
     log.info("idempotency_key_taken_over", token_id=req.token_id, path=req.path)
     return Outcome(Action.CLAIM, owned=now)
@@ -287,8 +294,7 @@ async def _settle(postd_app: Any, req: Request, owned: datetime, captured: Captu
                 locked_until=None,
             )
         )
-    async with postd_app.engine.begin() as conn:
-        result = await conn.execute(stmt)
+    result = await writer.execute(postd_app, stmt)
     if result.rowcount != 1:
         log.warning("idempotency_lock_lost", token_id=req.token_id, path=req.path)
 
@@ -300,13 +306,13 @@ async def _heartbeat(postd_app: Any, req: Request, owned: datetime, stop: asynci
             await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_SECONDS)
             return
         try:
-            async with postd_app.engine.begin() as conn:
-                await conn.execute(
-                    update(IdempotencyKey)
-                    .where(req.where(), IdempotencyKey.created_at == owned)
-                    .where(IdempotencyKey.status.is_(None))
-                    .values(locked_until=postd_app.clock.now() + LOCK)
-                )
+            beat = (
+                update(IdempotencyKey)
+                .where(req.where(), IdempotencyKey.created_at == owned)
+                .where(IdempotencyKey.status.is_(None))
+                .values(locked_until=postd_app.clock.now() + LOCK)
+            )
+            await writer.execute(postd_app, beat)
         except Exception:
             log.exception("idempotency_heartbeat_failed", token_id=req.token_id)
 

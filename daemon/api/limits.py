@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from daemon import config, timefmt
 from daemon.api.deps import Principal
 from daemon.api.errors import ApiError
-from daemon.store import db
+from daemon.store import db, writer
 from daemon.store.models import OutboxEvent, UsageCounter
 
 log = structlog.get_logger("postd.limits")
@@ -393,8 +393,8 @@ def _upsert(dialect: str) -> Any:
 
 async def _count(postd_app: Any, jobs: Sequence[Job]) -> list[Verdict]:
     """Count ``jobs`` in one transaction of their own (see :func:`count_in`)."""
-    async with postd_app.engine.begin() as conn:
-        return await count_in(conn, jobs, _now_of(postd_app))
+    now = _now_of(postd_app)
+    return await writer.write(postd_app, lambda conn: count_in(conn, jobs, now))
 
 
 def _now_of(postd_app: Any) -> datetime:
@@ -587,17 +587,17 @@ async def charge_many(
 
 async def refund(postd_app: Any, user_id: str, bucket: str, now: datetime, n: int = 1) -> None:
     """Give back ``n`` taken this month by an action that then did not happen."""
-    async with postd_app.engine.begin() as conn:
-        await conn.execute(
-            update(UsageCounter)
-            .where(
-                UsageCounter.subject == user_id,
-                UsageCounter.bucket == bucket,
-                UsageCounter.period == month_key(now),
-                UsageCounter.count >= n,
-            )
-            .values(count=UsageCounter.count - n)
+    stmt = (
+        update(UsageCounter)
+        .where(
+            UsageCounter.subject == user_id,
+            UsageCounter.bucket == bucket,
+            UsageCounter.period == month_key(now),
+            UsageCounter.count >= n,
         )
+        .values(count=UsageCounter.count - n)
+    )
+    await writer.execute(postd_app, stmt)
 
 
 async def usage(postd_app: Any, user_id: str, tier: str, now: datetime) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from adapters import base
 from daemon import guardrails, services
@@ -36,6 +36,7 @@ from daemon.api import errors, limits, queries
 from daemon.api.deps import Principal
 from daemon.api.schemas import MAX_TEXT, PublishBody, ScheduleBody
 from daemon.errors import InputError
+from daemon.store import writer
 from daemon.store.models import Page, Post
 from daemon.timefmt import iso, parse_instant
 
@@ -273,19 +274,27 @@ async def refund_publish(app: App, principal: Principal, now: datetime) -> None:
 
 async def insert(app: App, principal: Principal, draft: Draft, now: datetime) -> Post:
     """Step 3: the insert, committed; then the dispatcher hears of it."""
-    async with app.sessions() as session, session.begin():
-        # The page checked in step 1, put in this session without a query: schedule_post looks
-        # it up, and every round trip here is spent holding SQLite's write lock.
-        page = await session.merge(draft.page, load=False)  # held: the identity map is weak
-        post = await services.schedule_post(
-            session,
-            draft.new,
-            now=now,
-            scheduling=app.settings.scheduling,
-            adapter=app.adapters.get(page.platform),
-            check_lead=draft.new.scheduled_at > now,
-        )
-        post.created_by = f"token:{principal.token_id}"
+
+    async def job(conn: AsyncConnection) -> Post:
+        # Flushed in the writer's savepoint; close() leaves that transaction to the writer.
+        session = AsyncSession(bind=conn, join_transaction_mode="rollback_only")
+        async with session:
+            # The page checked in step 1, put in this session without a query: schedule_post
+            # looks it up, and every round trip here is spent holding the write lock.
+            page = await session.merge(draft.page, load=False)  # held: the identity map is weak
+            post = await services.schedule_post(
+                session,
+                draft.new,
+                now=now,
+                scheduling=app.settings.scheduling,
+                adapter=app.adapters.get(page.platform),
+                check_lead=draft.new.scheduled_at > now,
+            )
+            post.created_by = f"token:{principal.token_id}"
+            await session.flush()
+            return post
+
+    post = await writer.write(app, job)
     app.dispatcher.notify_due(post.due_at)
     return post
 

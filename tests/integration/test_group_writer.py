@@ -1,0 +1,92 @@
+"""The API's group commit (daemon/store/writer.py): concurrent jobs share one transaction, a
+failing job is rolled back alone, and nothing is answered before its commit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from daemon.store import db
+from daemon.store.writer import GroupWriter
+
+
+@pytest.fixture
+async def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+    yield engine
+    await engine.dispose()
+
+
+async def rows(engine) -> list[int]:  # type: ignore[no-untyped-def]
+    async with engine.connect() as conn:
+        return [n for (n,) in await conn.execute(text("SELECT n FROM t ORDER BY n"))]
+
+
+def inserting(n: int):  # type: ignore[no-untyped-def]
+    async def job(conn: AsyncConnection) -> int:
+        await conn.execute(text("INSERT INTO t (n) VALUES (:n)"), {"n": n})
+        return n
+
+    return job
+
+
+async def test_concurrent_jobs_share_a_commit(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(engine)
+    results = await asyncio.gather(*(writer.run(inserting(n)) for n in range(50)))
+    assert results == list(range(50))
+    assert await rows(engine) == list(range(50))
+    assert writer.batches <= 2  # all queued in one loop turn: one transaction (two at most)
+    await writer.aclose()
+
+
+async def test_a_failing_job_is_rolled_back_alone(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(engine)
+
+    async def half_then_fail(conn: AsyncConnection) -> None:
+        await conn.execute(text("INSERT INTO t (n) VALUES (100)"))
+        raise ValueError("refused")
+
+    outcome = await asyncio.gather(
+        writer.run(inserting(1)),
+        writer.run(half_then_fail),
+        writer.run(inserting(2)),
+        return_exceptions=True,
+    )
+    assert outcome[0] == 1 and outcome[2] == 2
+    assert isinstance(outcome[1], ValueError)
+    assert await rows(engine) == [1, 2]  # not 100
+    await writer.aclose()
+
+
+async def test_a_duplicate_key_fails_only_its_job(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(engine)
+    outcome = await asyncio.gather(
+        writer.run(inserting(7)), writer.run(inserting(7)), return_exceptions=True
+    )
+    assert outcome[0] == 7 and isinstance(outcome[1], Exception)
+    assert await rows(engine) == [7]
+    await writer.aclose()
+
+
+async def test_answers_come_after_the_commit(engine) -> None:  # type: ignore[no-untyped-def]
+    """When run() returns, another connection sees the write."""
+    writer = GroupWriter(engine)
+    for n in range(3):
+        await writer.run(inserting(n))
+        assert n in await rows(engine)
+    assert writer.batches == 3
+    await writer.aclose()
+
+
+async def test_closed_writer_refuses(engine) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(engine)
+    await writer.run(inserting(1))
+    await writer.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await writer.run(inserting(2))
