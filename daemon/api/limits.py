@@ -539,17 +539,46 @@ async def charge(
     postd_app: Any, user_id: str, tier: str, bucket: str, now: datetime, n: int = 1
 ) -> None:
     """consume() for a user rather than a request."""
+    _check_charge(bucket, n)
+    warnings = await writer.write(
+        postd_app, lambda conn: charge_in(conn, postd_app, user_id, tier, bucket, now, n)
+    )
+    await _notify(postd_app, user_id, warnings, now)
+
+
+async def charge_in(
+    conn: AsyncConnection,
+    postd_app: Any,
+    user_id: str,
+    tier: str,
+    bucket: str,
+    now: datetime,
+    n: int = 1,
+) -> tuple[QuotaWarning, ...]:
+    """charge() in the caller's transaction, which must roll back when this raises; the 80 %
+    warnings to hand to :func:`notify` once that transaction is committed."""
+    _check_charge(bucket, n)
+    limit = getattr(postd_app.settings.tiers.get(tier), bucket)
+    meter = Meter(user_id, bucket, month_key(now), limit, "MONTHLY_LIMIT_EXCEEDED", warn=True)
+    (verdict,) = await count_in(conn, [Job((meter,), n, now)], now)
+    if verdict.over is not None:
+        used = verdict.counts[meter.key] - n
+        raise rejection(meter, used, now, {}, postd_app.settings.api.upgrade_url)
+    return tuple(verdict.warnings)
+
+
+def _check_charge(bucket: str, n: int) -> None:
     if bucket not in ACTION_BUCKETS:
         raise ValueError(f"not an action bucket: {bucket!r}")
     if n < 1:
         raise ValueError("n must be at least 1")
-    limit = getattr(postd_app.settings.tiers.get(tier), bucket)
-    meter = Meter(user_id, bucket, month_key(now), limit, "MONTHLY_LIMIT_EXCEEDED", warn=True)
-    (verdict,) = await _count(postd_app, [Job((meter,), n, now)])
-    if verdict.over is not None:
-        used = verdict.counts[meter.key] - n
-        raise rejection(meter, used, now, {}, postd_app.settings.api.upgrade_url)
-    await _notify(postd_app, user_id, verdict.warnings, now)
+
+
+async def notify(
+    postd_app: Any, user_id: str, warnings: Iterable[QuotaWarning], now: datetime
+) -> None:
+    """Tell of the warnings :func:`charge_in` returned, after its transaction committed."""
+    await _notify(postd_app, user_id, warnings, now)
 
 
 async def charge_many(

@@ -4,8 +4,10 @@ The order matters and is the same for /posts/schedule, /posts/schedule/bulk and 
 
 1. every check that can refuse the request, on a read-only session (no write lock on SQLite):
    the page and its brand reach, the time (lead and horizon), the content, the guardrails;
-2. the publish is counted in the monthly bucket (``daemon.api.limits.consume``), which may refuse;
-3. one write transaction inserts the post through :func:`daemon.services.schedule_post`.
+2. the publish is counted in the monthly bucket (``daemon.api.limits.charge_in``), which may
+   refuse, and
+3. the post is inserted through :func:`daemon.services.schedule_post`, both in one savepoint of
+   the API's group commit (``daemon/store/writer.py``).
 
 So a refused request changes nothing and costs no publish. Two requests racing for the same slot
 can both pass step 1; the dispatcher, which enforces the guardrails when it claims, then defers
@@ -260,12 +262,6 @@ async def prepare(
     return Draft(page, new)
 
 
-async def count_publish(app: App, principal: Principal, now: datetime) -> None:
-    """Step 2: one publish off the monthly bucket (raises MONTHLY_LIMIT_EXCEEDED when it is used
-    up; sandbox tokens are not counted)."""
-    await limits.consume(app, principal, PUBLISHES, now)
-
-
 async def refund_publish(app: App, principal: Principal, now: datetime) -> None:
     """Give the publish back: the post it was counted for never reached a platform."""
     if not principal.sandbox:
@@ -273,9 +269,16 @@ async def refund_publish(app: App, principal: Principal, now: datetime) -> None:
 
 
 async def insert(app: App, principal: Principal, draft: Draft, now: datetime) -> Post:
-    """Step 3: the insert, committed; then the dispatcher hears of it."""
+    """Steps 2 and 3 in one savepoint of the API's group commit (daemon/store/writer.py): the
+    publish off the monthly bucket (MONTHLY_LIMIT_EXCEEDED rolls back, counting nothing; sandbox
+    tokens are not counted), then the insert; then the dispatcher hears of it."""
 
-    async def job(conn: AsyncConnection) -> Post:
+    async def job(conn: AsyncConnection) -> tuple[Post, tuple[limits.QuotaWarning, ...]]:
+        warnings: tuple[limits.QuotaWarning, ...] = ()
+        if not principal.sandbox:
+            warnings = await limits.charge_in(
+                conn, app, principal.user_id, principal.tier, PUBLISHES, now
+            )
         # Flushed in the writer's savepoint; close() leaves that transaction to the writer.
         session = AsyncSession(bind=conn, join_transaction_mode="rollback_only")
         async with session:
@@ -292,9 +295,11 @@ async def insert(app: App, principal: Principal, draft: Draft, now: datetime) ->
             )
             post.created_by = f"token:{principal.token_id}"
             await session.flush()
-            return post
+        return post, warnings
 
-    post = await writer.write(app, job)
+    post, warnings = await writer.write(app, job)
+    if warnings:
+        await limits.notify(app, principal.user_id, warnings, now)
     app.dispatcher.notify_due(post.due_at)
     return post
 
@@ -302,12 +307,7 @@ async def insert(app: App, principal: Principal, draft: Draft, now: datetime) ->
 async def create(app: App, principal: Principal, body: PublishBody, at: datetime | None) -> Post:
     now = app.clock.now()
     draft = await prepare(app, principal, body, at, now)
-    await count_publish(app, principal, now)
-    try:
-        return await insert(app, principal, draft, now)
-    except Exception:  # rolled back: nothing was scheduled (a cancellation may have committed)
-        await refund_publish(app, principal, now)
-        raise
+    return await insert(app, principal, draft, now)
 
 
 def as_api_error(exc: Exception) -> errors.ApiError:

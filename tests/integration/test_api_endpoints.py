@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from daemon import guardrails
 from daemon.api import limits
 from daemon.api.errors import ApiError
-from daemon.store.models import Post
+from daemon.errors import InputError
+from daemon.store.models import Post, UsageCounter
 from tests.api_shim import World, build_world
 from tests.conftest import make_settings
 
@@ -455,12 +456,14 @@ async def test_monthly_quota_refusal_writes_nothing(
     """When the monthly publishes bucket refuses, the schedule fails and no post is written."""
     calls: list[str] = []
 
-    async def consume(_app: Any, _principal: Any, bucket: str, _now: Any) -> None:
+    async def charge_in(*args: Any) -> tuple[Any, ...]:
+        _conn, _app, _user, _tier, bucket, _now = args
         calls.append(bucket)
         if len(calls) > 1:
             raise ApiError("MONTHLY_LIMIT_EXCEEDED", "publishes used up")
+        return ()
 
-    monkeypatch.setattr(limits, "consume", consume)
+    monkeypatch.setattr(limits, "charge_in", charge_in)
     body = {"page_id": world.sandbox_page, "message": "x", "scheduled_at": world.at(60)}
     async with world.client() as http:
         first = await http.post("/posts/schedule", headers=world.token("w"), json=body)
@@ -469,6 +472,36 @@ async def test_monthly_quota_refusal_writes_nothing(
     assert first.status_code == 201
     assert_error(second, 429, "MONTHLY_LIMIT_EXCEEDED")
     assert calls == ["publishes", "publishes"]
+    assert await post_count(world) == 1
+
+
+async def test_a_failed_insert_takes_no_publish_off_the_month(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monthly count and the insert share one savepoint: when the insert fails, the count
+    is rolled back with it (no refund needed, none lost if the process died in between)."""
+    from daemon import services
+
+    async def publishes() -> int:
+        async with world.app.sessions() as session:
+            stmt = select(func.coalesce(func.sum(UsageCounter.count), 0)).where(
+                UsageCounter.bucket == "publishes"
+            )
+            return int(await session.scalar(stmt) or 0)
+
+    body = {"page_id": world.sandbox_page, "message": "x", "scheduled_at": world.at(60)}
+    async with world.client() as http:
+        assert (await http.post("/posts/schedule", headers=world.token("w"), json=body)).is_success
+        assert await publishes() == 1
+
+        async def broken(*_args: Any, **_kwargs: Any) -> None:  # refused inside the insert
+            raise InputError("INVALID_DATE", "refused at insert time", field="scheduled_at")
+
+        monkeypatch.setattr(services, "schedule_post", broken)
+        body["scheduled_at"] = world.at(120)
+        failed = await http.post("/posts/schedule", headers=world.token("w"), json=body)
+    assert_error(failed, 400, "INVALID_DATE")
+    assert await publishes() == 1
     assert await post_count(world) == 1
 
 
