@@ -158,6 +158,23 @@ def claiming(row: Mapping[str, Any], now: datetime, owner: str, until: datetime)
     }
 
 
+REPORTED_PRECISION = timedelta(seconds=1)
+
+
+def counted_at(outcome: Outcome) -> datetime:
+    """When a publish counts in the guardrail windows: never before the platform may count it.
+    Platforms report whole seconds at best (Graph's ``created_time``), the real instant being up
+    to a second later; counting at the reported second would let the next publish on the page
+    land inside the platform's own window. So: the later of the reported time and postd's
+    receipt of the answer; for a publish found by reconciliation (answered long after), the
+    reported time plus that second."""
+    assert outcome.published is not None
+    reported = outcome.published.published_at
+    if outcome.attempt_outcome == "published":
+        return max(reported, outcome.finished_at)
+    return min(reported + REPORTED_PRECISION, max(reported, outcome.finished_at))
+
+
 def finished(row: Mapping[str, Any], outcome: Outcome) -> Row:
     """What a publish outcome changes on its post."""
     now = outcome.finished_at
@@ -178,7 +195,7 @@ def finished(row: Mapping[str, Any], outcome: Outcome) -> Row:
             remote_id=outcome.published.remote_id,
             permalink=outcome.published.permalink,
             published_at=outcome.published.published_at,
-            counted_at=outcome.published.published_at,
+            counted_at=counted_at(outcome),
             error_code=None,
             error_message=None,
             defer_reason=None,
