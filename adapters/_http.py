@@ -25,7 +25,7 @@ from __future__ import annotations
 import email.utils
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -327,6 +327,15 @@ class Connected:
 
     def __repr__(self) -> str:  # never the credentials
         return f"Connected(external_id={self.external_id!r}, username={self.username!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthApp:
+    """The operator's own app on an OAuth platform (``[platforms.<name>] client_id`` and
+    ``client_secret``; TikTok calls the id ``client_key``)."""
+
+    client_id: str
+    client_secret: str = field(default="", repr=False)
 
 
 class BoundedCache(dict[str, Any]):

@@ -17,18 +17,16 @@ endpoint are RetryableError, so a passing outage never marks a page for re-conne
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import html
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from adapters import _http, _text, base, x_text
+from adapters import _http, _text, _tokens, base, x_text
 
 TOKEN_PATH = "/2/oauth2/token"
 # X's authorization page lives on x.com, not on the API host (xdk: authorization_base_url
@@ -63,12 +61,7 @@ def _error(body: Any) -> tuple[str | None, str | None]:
     return code, str(detail) if detail else None
 
 
-@dataclass(frozen=True, slots=True)
-class OAuthApp:
-    """The operator's X app (``[platforms.twitter]``)."""
-
-    client_id: str
-    client_secret: str = field(default="", repr=False)
+OAuthApp = _http.OAuthApp  # the operator's app ([platforms.<name>])
 
 
 # --- the token endpoint -----------------------------------------------------------------------
@@ -104,16 +97,7 @@ async def token_request(
 
 def token_credentials(data: Mapping[str, Any], now: datetime) -> dict[str, str]:
     """The stored form of a token answer (``expires_at`` in epoch seconds)."""
-    if not data.get("access_token"):
-        raise base.RetryableError("x token: no access_token in the answer", code="BAD_RESPONSE")
-    expires_in = float(data.get("expires_in") or 7200)
-    creds = {
-        "access_token": str(data["access_token"]),
-        "expires_at": str(int(now.timestamp() + expires_in)),
-    }
-    if data.get("refresh_token"):
-        creds["refresh_token"] = str(data["refresh_token"])
-    return creds
+    return _tokens.credentials_of(data, now, what="x token", default_seconds=7200)
 
 
 async def connect(
@@ -129,12 +113,7 @@ async def connect(
 ) -> _http.Connected:
     """Exchange an authorization ``code`` (PKCE ``verifier``) and read the account."""
     async with _http.make_client(timeouts or _http.Timeouts(), transport) as client:
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": verifier,
-        }
+        form = _tokens.code_form(code, verifier, redirect_uri)
         creds = token_credentials(await token_request(client, api_base, app, form, now()), now())
         response = await _http.send(
             client,
@@ -168,23 +147,10 @@ def comparable(text: str | None) -> str:
     return " ".join(plain.split())
 
 
-@dataclass
-class _Page:
-    creds: dict[str, str] = field(repr=False)
-
-    @property
-    def token(self) -> str:
-        return self.creds.get("access_token", "")
-
+class _Page(_tokens.Tokens):
     @property
     def user_id(self) -> str:
         return self.creds.get("user_id", "")
-
-    def expires_at(self) -> float:
-        try:
-            return float(self.creds.get("expires_at", "0"))
-        except ValueError:
-            return 0.0
 
 
 class XAdapter:
@@ -211,8 +177,15 @@ class XAdapter:
         self._timeouts = timeouts or _http.Timeouts()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._pages: dict[str, _Page] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._tokens = _tokens.PageTokens(
+            credentials,
+            now,
+            self.refresh_credentials,
+            _Page,
+            platform="x",
+            early=REFRESH_EARLY,
+            required=("access_token", "user_id"),
+        )
         self._rate: dict[str, _http.RateLimit] = {}
         self._uploads = _http.BoundedCache(1024)  # (post, index, url) -> media id
 
@@ -224,40 +197,11 @@ class XAdapter:
             self._client = _http.make_client(self._timeouts, self._transport)
         return self._client
 
-    async def _page(self, page_id: str) -> _Page:
-        if page_id not in self._pages:
-            creds = dict(await self._store.load(page_id))
-            if not creds.get("access_token") or not creds.get("user_id"):
-                raise base.AuthError(
-                    "x: the page's credentials are incomplete", code="NOT_CONNECTED"
-                )
-            self._pages[page_id] = _Page(creds)
-        page = self._pages[page_id]
-        if page.expires_at() - REFRESH_EARLY.total_seconds() <= self._now().timestamp():
-            page = await self._refresh(page_id, page.token)
-        return page
-
-    async def _refresh(self, page_id: str, stale_token: str) -> _Page:
-        """Refresh once per stale token: a caller that waited on the lock finds the new one."""
-        lock = self._locks.setdefault(page_id, asyncio.Lock())
-        async with lock:
-            current = self._pages.get(page_id)
-            if current is not None and current.token != stale_token:
-                return current
-            stored = dict(await self._store.load(page_id))
-            if stored.get("access_token") != stale_token and stored.get("access_token"):
-                fresh = stored  # refreshed elsewhere (another process, a re-connect)
-            else:
-                fresh = dict(await self.refresh_credentials(stored))
-                await self._store.save(page_id, fresh)
-            self._pages[page_id] = _Page(fresh)
-            return self._pages[page_id]
-
     async def _call(
         self, page_id: str, method: str, path: str, *, final: bool, what: str, **request: Any
     ) -> httpx.Response:
         """One authenticated request; a 401 refreshes the token once and tries again."""
-        page = await self._page(page_id)
+        page = await self._tokens.get(page_id)
         for attempt in (1, 2):
             response = await _http.send(
                 self.client,
@@ -274,7 +218,7 @@ class XAdapter:
             if response.is_success:
                 return response
             if response.status_code == 401 and attempt == 1:
-                page = await self._refresh(page_id, page.token)
+                page = await self._tokens.refresh(page_id, page.token)
                 continue
             break
         if final and response.status_code == 503:
@@ -301,7 +245,7 @@ class XAdapter:
         body: dict[str, Any] = {"text": post.message} if post.message else {}
         if media_ids:
             body["media"] = {"media_ids": media_ids}
-        page = await self._page(post.page_id)
+        page = await self._tokens.get(post.page_id)
         data = await self._data(
             post.page_id, "POST", "/2/tweets", final=True, what="publish", json=body
         )
@@ -345,7 +289,7 @@ class XAdapter:
         since: datetime,
         exclude_remote_ids: AbstractSet[str] = frozenset(),
     ) -> base.Published | None:
-        page = await self._page(post.page_id)
+        page = await self._tokens.get(post.page_id)
         wanted = comparable(post.message)
         params: dict[str, Any] = {
             "max_results": PAGE_SIZE,
@@ -386,7 +330,7 @@ class XAdapter:
     async def _reply(
         self, post: base.PostPayload, to_id: str, message: str, root_id: str
     ) -> base.Comment:
-        page = await self._page(post.page_id)
+        page = await self._tokens.get(post.page_id)
         body = {"text": message, "reply": {"in_reply_to_tweet_id": to_id}}
         data = await self._data(
             post.page_id, "POST", "/2/tweets", final=True, what="reply", json=body

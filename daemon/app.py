@@ -20,7 +20,23 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from adapters import _http, _progress, base, bluesky, facebook, instagram, mastodon, sandbox, x
+from adapters import (
+    _http,
+    _progress,
+    base,
+    bluesky,
+    facebook,
+    instagram,
+    linkedin,
+    linkedin_auth,
+    mastodon,
+    sandbox,
+    tiktok,
+    tiktok_api,
+    x,
+    youtube,
+    youtube_oauth,
+)
 from daemon import __version__, config, credentials, netguard, oauth, progress, systemd
 from daemon import clock as clock_mod
 from daemon.api import errors as api_errors
@@ -109,6 +125,46 @@ def build_adapters(
             public_media_only=not settings.netguard.allow_loopback,
         ),
         # --- end Facebook and Instagram (Graph, issue 5)
+        # LinkedIn (issue 5): pages connect through daemon/oauth.py; uploaded image and video
+        # URNs live in the adapter_progress table so a later try reuses them.
+        "linkedin": linkedin.LinkedInAdapter(
+            store,
+            _progress.MemoryProgress() if engine is None else progress.DbProgress(engine, clock),
+            now=clock.now,
+            app=linkedin_auth.OAuthApp(conf.linkedin.client_id, conf.linkedin.client_secret),
+            fetch_media=fetch,
+            api_base=conf.linkedin.api_base,
+            timeouts=timeouts,
+            sleep=sleep,
+            media_poll_seconds=conf.media_poll_seconds,
+            media_poll_max_seconds=conf.media_poll_max_seconds,
+        ),
+        # TikTok (issue 5): pages connect through daemon/oauth.py; the publish_id of each post's
+        # init lives in the adapter_progress table so a later try polls it, never inits again.
+        "tiktok": tiktok.TikTokAdapter(
+            store,
+            _progress.MemoryProgress() if engine is None else progress.DbProgress(engine, clock),
+            now=clock.now,
+            app=tiktok_api.OAuthApp(conf.tiktok.client_id, conf.tiktok.client_secret),
+            fetch_media=fetch,
+            api_base=conf.tiktok.api_base,
+            timeouts=timeouts,
+            sleep=sleep,
+            media_poll_seconds=conf.media_poll_seconds,
+            media_poll_max_seconds=conf.media_poll_max_seconds,
+            public_media_only=not settings.netguard.allow_loopback,
+        ),
+        # YouTube (issue 5): pages connect through daemon/oauth.py; each post's resumable upload
+        # session lives in the adapter_progress table so a later try resumes it.
+        "youtube": youtube.YouTubeAdapter(
+            store,
+            _progress.MemoryProgress() if engine is None else progress.DbProgress(engine, clock),
+            now=clock.now,
+            app=youtube_oauth.OAuthApp(conf.youtube.client_id, conf.youtube.client_secret),
+            fetch_media=fetch,
+            api_base=conf.youtube.api_base,
+            timeouts=timeouts,
+        ),
     }
 
 

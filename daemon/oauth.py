@@ -13,7 +13,8 @@ holds the platform, the brand or page, the verifier, a nonce and an expiry 10 mi
 against the injected clock. A state can be presented again within those 10 minutes, but the
 platform accepts each code once and only with its own verifier, so a replay gains nothing.
 
-Platforms plug in as a :class:`Provider` in :func:`provider` (X today).
+Platforms plug in as an entry of :data:`PROVIDERS` (X, Facebook, Instagram, LinkedIn, TikTok,
+YouTube).
 
 errors.PostdError
  └── OAuthError      unknown platform, no app configured, a forged/expired/mismatched state,
@@ -23,12 +24,14 @@ errors.PostdError
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import structlog
@@ -36,7 +39,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters import _http, x
+from adapters import _http, graph_connect, linkedin_auth, tiktok_api, x, youtube_oauth
 from adapters import base as adapter_base
 from daemon import config, credentials, services
 from daemon.errors import PostdError
@@ -65,7 +68,9 @@ class Provider:
     becomes a page. The authorization URL is built from the standard parameters, renamed or
     extended per platform: ``client_id_param`` (TikTok says ``client_key``), ``scope_separator``
     (TikTok and Facebook use commas), ``pkce`` (False where the platform has no PKCE for web
-    apps), ``extra_params`` (Google's ``access_type=offline``, say)."""
+    apps), ``extra_params`` (Google's ``access_type=offline``, say). ``same_account``: a
+    re-connect must come back with the page's own account (a grant of several accounts picked
+    by the user, as Facebook's Pages), never another one."""
 
     name: str
     platform: str
@@ -77,34 +82,120 @@ class Provider:
     client_id_param: str = "client_id"
     scope_separator: str = " "
     extra_params: tuple[tuple[str, str], ...] = ()
+    same_account: bool = False
 
 
 ProviderFactory = Callable[[config.Settings, _http.Now, _http.Timeouts], Provider]
 
 
-def _x_provider(settings: config.Settings, now: _http.Now, timeouts: _http.Timeouts) -> Provider:
-    app = settings.platforms.twitter
-    oauth_app = x.OAuthApp(app.client_id, app.client_secret)
+class _Connect(Protocol):
+    async def __call__(
+        self,
+        code: str,
+        verifier: str,
+        redirect_uri: str,
+        *,
+        api_base: str,
+        app: _http.OAuthApp,
+        now: _http.Now,
+        timeouts: _http.Timeouts,
+    ) -> Sequence[_http.Connected] | _http.Connected: ...
 
-    async def exchange(code: str, verifier: str, redirect_uri: str) -> _http.Connected:
-        return await x.connect(
-            code,
-            verifier,
-            redirect_uri,
-            api_base=app.api_base,
-            app=oauth_app,
-            now=now,
-            timeouts=timeouts,
+
+def _code_flow(
+    name: str,
+    section: str,
+    connect: _Connect,
+    authorize_url: Callable[[str], str],
+    scopes: tuple[str, ...],
+    **options: Any,
+) -> tuple[str, ProviderFactory]:
+    """The registry entry of an authorization-code platform: its adapter module's ``connect``
+    (code, verifier, redirect_uri -> the account(s)) and ``authorize_url(api_base)``, the app of
+    ``[platforms.<section>]``, and the :class:`Provider` options that differ."""
+
+    def factory(settings: config.Settings, now: _http.Now, timeouts: _http.Timeouts) -> Provider:
+        conf = getattr(settings.platforms, section)
+        app = _http.OAuthApp(conf.client_id, conf.client_secret)
+
+        async def exchange(
+            code: str, verifier: str, redirect: str
+        ) -> Sequence[_http.Connected] | _http.Connected:
+            return await connect(
+                code,
+                verifier,
+                redirect,
+                api_base=conf.api_base,
+                app=app,
+                now=now,
+                timeouts=timeouts,
+            )
+
+        return Provider(
+            name,
+            section,
+            authorize_url(conf.api_base),
+            scopes,
+            conf.client_id,
+            exchange,
+            **options,
         )
 
-    return Provider(
-        "x", "twitter", x.authorize_url(app.api_base), x.SCOPES, app.client_id, exchange
-    )
+    return section, factory
 
 
 PROVIDERS: dict[str, tuple[str, ProviderFactory]] = {
-    # CLI/URL name: (the [platforms.<section>] holding client_id/client_secret, factory)
-    "x": ("twitter", _x_provider),
+    # CLI/URL name: (the [platforms.<section>] of its app, which is also postd's platform name)
+    "x": _code_flow("x", "twitter", x.connect, x.authorize_url, x.SCOPES),
+    # Facebook Login: one page per Page (or Instagram account) the user granted; a re-connect
+    # must come back with the page's own account.
+    **{
+        name: _code_flow(
+            name,
+            name,
+            functools.partial(graph_connect.connect, name),
+            graph_connect.authorize_url,
+            graph_connect.SCOPES[name],
+            scope_separator=graph_connect.SCOPE_SEPARATOR,
+            same_account=True,
+        )
+        for name in ("facebook", "instagram")
+    },
+    # LinkedIn's 3-legged flow for web apps takes no PKCE; the member posts as themselves.
+    "linkedin": _code_flow(
+        "linkedin",
+        "linkedin",
+        linkedin_auth.connect,
+        linkedin_auth.authorize_url,
+        linkedin_auth.SCOPES,
+        pkce=False,
+    ),
+    # TikTok Login Kit for web: client_key, comma-separated scopes, no PKCE (TikTok wants a
+    # code_verifier from desktop and mobile apps only).
+    "tiktok": _code_flow(
+        "tiktok",
+        "tiktok",
+        tiktok_api.connect,
+        tiktok_api.authorize_url,
+        tiktok_api.SCOPES,
+        pkce=False,
+        client_id_param="client_key",
+        scope_separator=",",
+    ),
+    # Google, with PKCE; access_type=offline and prompt=consent make Google send a refresh
+    # token (on every consent, re-connects included).
+    "youtube": _code_flow(
+        "youtube",
+        "youtube",
+        youtube_oauth.connect,
+        youtube_oauth.authorize_url,
+        youtube_oauth.SCOPES,
+        extra_params=(
+            ("access_type", "offline"),
+            ("prompt", "consent"),
+            ("include_granted_scopes", "true"),
+        ),
+    ),
 }
 
 
@@ -219,10 +310,12 @@ async def store_connected(
     page_id: str,
     page_name: str,
     now: datetime,
+    same_account: bool = False,
 ) -> list[tuple[str, _http.Connected]]:
     """Store what a connect verified, encrypted: one new page of ``brand_id`` per account, or
     the credentials of ``page_id`` again (re-connect: the account with the page's external id,
-    or the only one). Page ids with their accounts; PostdError when nothing fits."""
+    or the only one unless ``same_account``). Page ids with their accounts; PostdError when
+    nothing fits."""
     if not accounts:
         raise OAuthError("the grant covers no account postd can publish to", code="OAUTH_NO_PAGES")
     if page_id:
@@ -230,7 +323,7 @@ async def store_connected(
         if page.platform != platform:
             raise OAuthError(f"page {page.id} is a {page.platform} page, not {platform}")
         same = [a for a in accounts if a.external_id == page.external_id]
-        if not same and len(accounts) > 1:
+        if not same and (len(accounts) > 1 or (same_account and page.external_id)):
             raise OAuthError(
                 f"the grant does not cover page {page.id} ({page.external_id})",
                 code="OAUTH_PAGE_NOT_GRANTED",
@@ -280,6 +373,7 @@ async def complete(
         page_id=state.page_id,
         page_name=state.page_name,
         now=now(),
+        same_account=found.same_account,
     )
 
 

@@ -195,6 +195,55 @@ async def ig(clock: FakeClock) -> AsyncIterator[Harness]:
 # --- end Facebook and Instagram (Graph, issue 5) -----------------------------------------------
 
 
+# --- LinkedIn (issue 5) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def li(clock: FakeClock) -> AsyncIterator[Harness]:
+    from tests.contract import linkedin_harness
+
+    harness = await linkedin_harness.linkedin_harness(clock)
+    yield harness
+    await _close(harness)
+    assert harness.fake is not None
+    assert getattr(harness.fake, "violations", []) == []  # every /rest call was versioned
+
+
+# --- end LinkedIn (issue 5) --------------------------------------------------------------------
+
+
+# --- TikTok (issue 5) --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tt(clock: FakeClock) -> AsyncIterator[Harness]:
+    from tests.contract import tiktok_harness
+
+    harness = await tiktok_harness.tiktok_harness(clock)
+    yield harness
+    await _close(harness)
+    assert getattr(harness.fake, "violations", None) == []  # every request as TikTok documents
+
+
+# --- end TikTok (issue 5) ----------------------------------------------------------------------
+
+
+# --- YouTube (issue 5) -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def yt(clock: FakeClock) -> AsyncIterator[Harness]:
+    from tests.contract import youtube_harness
+
+    harness = await youtube_harness.youtube_harness(clock)
+    yield harness
+    await _close(harness)
+    assert getattr(harness.fake, "violations", None) == []  # every upload as Google documents
+
+
+# --- end YouTube (issue 5) ---------------------------------------------------------------------
+
+
 def sandbox_harness(tmp_path: Path, clock: FakeClock) -> Harness:
     adapter = sandbox.SandboxAdapter(tmp_path / "sandbox.db", clock)
     return Harness("sandbox", adapter, clock, sandbox=adapter)
@@ -225,7 +274,19 @@ async def sky(clock: FakeClock) -> AsyncIterator[Harness]:
     await _close(harness)
 
 
-@pytest.fixture(params=["sandbox", "mastodon", "bluesky", "twitter", "facebook", "instagram"])
+@pytest.fixture(
+    params=[
+        "sandbox",
+        "mastodon",
+        "bluesky",
+        "twitter",
+        "facebook",
+        "instagram",
+        "linkedin",  # LinkedIn (issue 5)
+        "tiktok",  # TikTok (issue 5)
+        "youtube",  # YouTube (issue 5)
+    ]
+)
 async def harness(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[Harness]:
@@ -239,9 +300,25 @@ async def harness(
         from tests.contract import graph_harness
 
         made = await graph_harness.HARNESSES[request.param](clock)
+    elif request.param == "linkedin":  # LinkedIn (issue 5)
+        from tests.contract import linkedin_harness
+
+        made = await linkedin_harness.linkedin_harness(clock)
+    elif request.param == "tiktok":  # TikTok (issue 5)
+        from tests.contract import tiktok_harness
+
+        made = await tiktok_harness.tiktok_harness(clock)
+    elif request.param == "youtube":  # YouTube (issue 5)
+        from tests.contract import youtube_harness
+
+        made = await youtube_harness.youtube_harness(clock)
     else:
         made = await bluesky_harness(clock)
     yield made
     await _close(made)
     if isinstance(made.fake, FakeX):  # X (issue 5): every request conformed to the OpenAPI doc
         assert made.fake.violations == []
+    if made.platform == "linkedin":  # LinkedIn (issue 5): every /rest call was versioned
+        assert getattr(made.fake, "violations", None) == []
+    if made.platform == "youtube":  # YouTube (issue 5): every upload as Google documents
+        assert getattr(made.fake, "violations", None) == []

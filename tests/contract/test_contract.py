@@ -41,6 +41,47 @@ EXPECTED["list_comments"] |= {"facebook": ["comments"], "instagram": ["comments"
 EXPECTED["reply"] |= {"facebook": ["comment"], "instagram": ["replies"]}
 EXPECTED["find_published"] |= {"facebook": ["posts"], "instagram": ["media"]}
 EXPECTED["refresh"] |= {"facebook": ["node"], "instagram": ["node"]}
+# LinkedIn (issue 5): routes of tests/fakes/linkedin.py.
+EXPECTED["text_post"]["linkedin"] = ["posts"]
+EXPECTED["image_post"]["linkedin"] = ["images", "image_upload", "posts"]
+EXPECTED["first_comment"]["linkedin"] = ["create_comment"]
+EXPECTED["list_comments"]["linkedin"] = ["comments"]
+EXPECTED["reply"]["linkedin"] = ["create_comment"]
+EXPECTED["find_published"]["linkedin"] = ["list_posts"]
+EXPECTED["refresh"]["linkedin"] = ["token"]
+# TikTok (issue 5): routes of tests/fakes/tiktok.py. Photos are pulled by TikTok from their URLs
+# (videos are uploaded: test_tiktok.py); text-only posts and every comment call are refused
+# before any request.
+EXPECTED["text_post"]["tiktok"] = []
+EXPECTED["image_post"]["tiktok"] = ["creator_info", "content_init", "status"]
+EXPECTED["find_published"]["tiktok"] = ["status"]  # the stored publish_id's status
+EXPECTED["refresh"]["tiktok"] = ["token"]
+NO_COMMENTS = {"tiktok"}
+
+
+async def _comments_refused(harness: Harness) -> None:
+    """TikTok (issue 5): the comment calls raise UnsupportedAction NOT_SUPPORTED, unsent."""
+    post, adapter = harness.post(), harness.adapter
+    for call in (
+        adapter.post_comment(post, "1", "First!"),
+        adapter.list_comments(post, "1"),
+        adapter.reply_to_comment(post, "1", "answer"),
+    ):
+        with pytest.raises(base.UnsupportedAction) as caught:
+            await call
+        assert caught.value.code == "NOT_SUPPORTED"
+    assert harness.routes() == []
+
+
+# YouTube (issue 5): routes of tests/fakes/youtube.py; a post is a video ("image_post" uploads
+# one: the session, then one chunk), text posts are refused unsent.
+EXPECTED["text_post"]["youtube"] = []
+EXPECTED["image_post"]["youtube"] = ["start", "chunk"]
+EXPECTED["first_comment"]["youtube"] = ["thread_insert"]
+EXPECTED["list_comments"]["youtube"] = ["threads"]
+EXPECTED["reply"]["youtube"] = ["comment_insert"]
+EXPECTED["find_published"]["youtube"] = ["channels", "playlist_items"]
+EXPECTED["refresh"]["youtube"] = ["token"]
 
 
 def expected(case: str, harness: Harness) -> list[str]:
@@ -55,7 +96,12 @@ async def test_is_an_adapter(harness: Harness) -> None:
 
 async def test_text_post_publishes_once(harness: Harness) -> None:
     """A text post reaches the platform once, through the documented calls, with a UTC time."""
-    if harness.platform == "instagram":  # Graph (issue 5): no text-only posts, refused unsent
+    if harness.platform == "youtube":  # YouTube (issue 5): a post is a video, refused unsent
+        with pytest.raises(base.PermanentError, match="needs a video"):
+            await harness.adapter.publish(harness.text_post("Hello #postd"))
+        assert harness.published_texts() == [] and harness.routes() == []
+        return
+    if harness.platform in ("instagram", "tiktok"):  # issue 5: no text-only posts, refused
         with pytest.raises(base.PermanentError, match="needs a photo"):
             await harness.adapter.publish(harness.text_post("Hello #postd"))
         assert harness.published_texts() == [] and harness.routes() == []
@@ -83,6 +129,9 @@ async def test_image_post_uploads_then_publishes(harness: Harness) -> None:
 
 async def test_first_comment_is_posted_on_the_published_post(harness: Harness) -> None:
     """post_comment answers a Comment on that post, made by the documented reply call."""
+    if harness.platform in NO_COMMENTS:  # TikTok (issue 5): no comment API
+        await _comments_refused(harness)
+        return
     published = await harness.adapter.publish(harness.post())
     mark = harness.mark()
 
@@ -100,6 +149,9 @@ async def test_first_comment_is_posted_on_the_published_post(harness: Harness) -
 
 async def test_list_comments_oldest_first_and_since(harness: Harness) -> None:
     """Others' comments come back oldest first; ``since`` leaves older ones out."""
+    if harness.platform in NO_COMMENTS:  # TikTok (issue 5): no comment API
+        await _comments_refused(harness)
+        return
     published = await harness.adapter.publish(harness.post())
     first = harness.someone_comments(published.remote_id, "nice")
     harness.clock.advance(60)
@@ -118,6 +170,9 @@ async def test_list_comments_oldest_first_and_since(harness: Harness) -> None:
 
 async def test_reply_to_comment_is_threaded_under_it(harness: Harness) -> None:
     """A reply names the comment as its parent and is listed with the post's comments."""
+    if harness.platform in NO_COMMENTS:  # TikTok (issue 5): no comment API
+        await _comments_refused(harness)
+        return
     published = await harness.adapter.publish(harness.post())
     comment_id = harness.someone_comments(published.remote_id, "question?")
     mark = harness.mark()
@@ -161,6 +216,22 @@ async def test_refresh_credentials_keeps_the_page_usable(harness: Harness) -> No
     if harness.platform == "bluesky":
         assert refreshed["refreshJwt"] != creds["refreshJwt"]
         assert refreshed["did"] == creds["did"]
+    elif harness.platform == "linkedin":  # LinkedIn (issue 5): a new access token, same member
+        assert refreshed["access_token"] != creds["access_token"]
+        assert (refreshed["author"], refreshed["refresh_token"]) == (
+            creds["author"],
+            creds["refresh_token"],
+        )
+    elif harness.platform == "tiktok":  # TikTok (issue 5): both tokens rotate, same account
+        assert refreshed["access_token"] != creds["access_token"]
+        assert refreshed["refresh_token"] != creds["refresh_token"]
+        assert refreshed["open_id"] == creds["open_id"] == "open-alice"
+    elif harness.platform == "youtube":  # YouTube (issue 5): a new access token; Google keeps
+        assert refreshed["access_token"] != creds["access_token"]  # the refresh token
+        assert (refreshed["refresh_token"], refreshed["channel_id"]) == (
+            creds["refresh_token"],
+            creds["channel_id"],
+        )
     elif harness.platform == "twitter":  # X (issue 5): both tokens rotate, the account stays
         assert refreshed["access_token"] != creds["access_token"]
         assert refreshed["refresh_token"] != creds["refresh_token"]
@@ -183,7 +254,7 @@ async def test_validate_counts_in_the_platforms_own_way(
         ok = False
     if harness.platform == "facebook" and message == "x" * 5001:  # Graph (issue 5): ~63,206
         ok = True
-    if harness.platform == "instagram" and not (message or "").strip():  # a photo, no caption
+    if harness.platform in ("instagram", "tiktok") and not (message or "").strip():  # media
         ok = True
 
     assert (problems == []) is ok, problems

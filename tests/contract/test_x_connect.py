@@ -17,14 +17,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from daemon import credentials, oauth, services
+from daemon import credentials, oauth
 from daemon.cli import main
 from daemon.clock import FakeClock
 from daemon.store.models import Page
-from tests.conftest import make_settings, started_app
+from tests.contract import connect_support as support
+from tests.contract.connect_support import connect_app
 from tests.fakes import x as fake_x
 
-PUBLIC = "http://postd.test"
+PUBLIC = support.PUBLIC
 
 
 @pytest.fixture
@@ -38,29 +39,18 @@ async def fake(clock: FakeClock) -> AsyncIterator[fake_x.FakeX]:
 
 @pytest.fixture
 async def app(tmp_path: Path, clock: FakeClock, fake: fake_x.FakeX) -> AsyncIterator[Any]:
-    settings = make_settings(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'postd.db'}",
-        server={"public_url": PUBLIC},
-        security={"secret_key": credentials.generate_key()},
-        platforms={
-            "twitter": {
-                "api_base": fake.base_url,
-                "client_id": fake_x.CLIENT_ID,
-                "client_secret": fake_x.CLIENT_SECRET,
-            }
-        },
-    )
-    made = await started_app(settings, clock)
-    async with made.sessions() as session, session.begin():
-        made.brand_id = (await services.add_brand(session, "Acme", clock.now())).id
-    yield made
-    await made.dispatcher.stop(0)
-    await made.close()
+    conf = {
+        "api_base": fake.base_url,
+        "client_id": fake_x.CLIENT_ID,
+        "client_secret": fake_x.CLIENT_SECRET,
+    }
+    async with connect_app(tmp_path, clock, {"twitter": conf}) as made:
+        yield made
 
 
-def _client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.http), base_url=PUBLIC)
+_client = support.client
+_database_bytes = support.database_bytes
+_pages = support.pages
 
 
 async def _consent(fake: fake_x.FakeX, url: str) -> httpx.URL:
@@ -69,16 +59,6 @@ async def _consent(fake: fake_x.FakeX, url: str) -> httpx.URL:
         answer = await browser.get(url)
     assert answer.status_code == 302, answer.text
     return httpx.URL(answer.headers["location"])
-
-
-def _database_bytes(directory: Path) -> bytes:
-    """The SQLite database as stored, its WAL included."""
-    return b"".join(f.read_bytes() for f in sorted(directory.glob("postd.db*")))
-
-
-async def _pages(app: Any) -> list[Page]:
-    async with app.sessions() as session:
-        return list(await session.scalars(select(Page)))
 
 
 async def test_authorization_url_has_state_and_pkce_s256(app: Any, fake: fake_x.FakeX) -> None:

@@ -3,7 +3,11 @@ version prefix postd pins (``adapters._graph.GRAPH_VERSION``); platforms.md §1-
 
 Route names for :meth:`FakePlatform.fail`: ``feed``, ``photos``, ``posts``, ``comment``
 (POST .../comments), ``comments`` (GET), ``replies``, ``container`` (POST .../media), ``media``
-(GET .../media), ``media_publish``, ``publishing_limit``, ``node`` (GET /{id}). Platform modes:
+(GET .../media), ``media_publish``, ``publishing_limit``, ``node`` (GET /{id}); Facebook Login:
+``dialog`` (the login dialog, on www.facebook.com in production: the user consents at once and
+is redirected with a code for the Pages in :attr:`FakeGraph.granted`), ``token``
+(``oauth/access_token``: code exchange with PKCE, ``fb_exchange_token``) and ``accounts``
+(``/me/accounts``, :attr:`FakeGraph.accounts_page_size` per page). Platform modes:
 
     rate_limit       (generic) 400 code 4 with ``X-App-Usage`` at 100 %
     user_rate_limit  400 code 17
@@ -17,6 +21,7 @@ Route names for :meth:`FakePlatform.fail`: ``feed``, ``photos``, ``posts``, ``co
     ambiguous_after  ``feed``, ``photos``, ``media_publish``, ``comment``: done, then 500
     not_ready        ``container``: IN_PROGRESS for ``processing_polls`` status reads
     expired          ``container``: the container reports EXPIRED
+    used_code        ``token``: 400 code 100 / 36009 "This authorization code has been used."
 
 A container is published at most once; another ``media_publish`` of it is refused (code 100) and
 logged in :attr:`FakeGraph.republished`.
@@ -24,15 +29,18 @@ logged in :attr:`FakeGraph.republished`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from adapters import _graph
 from tests.fakes._server import FakePlatform, Recorded
@@ -42,6 +50,11 @@ IG_USER_ID = "17841400000000001"
 PAGE_TOKEN = "page-token"
 IG_TOKEN = "ig-token"
 PREFIX = f"/{_graph.GRAPH_VERSION}"
+PAGE2_ID = "1002"
+CLIENT_ID = "meta-app-1234"
+CLIENT_SECRET = "meta-secret-5678"
+SHORT_LIVED = 5400  # seconds; a short-lived User token lasts an hour or two
+LONG_LIVED = 5_183_944  # about 60 days (the docs' sample answer)
 
 _ERRORS: dict[str, tuple[int, int | None, str]] = {
     "user_rate_limit": (17, None, "User request limit reached"),
@@ -86,6 +99,22 @@ class FakeGraph(FakePlatform):
         self.publishes: Counter[str] = Counter()  # container id -> media_publish that published
         self.republished: list[str] = []
         self._next = 5000
+        # Facebook Login: the user's Pages (id -> name and linked Instagram account), which of
+        # them the next consent grants, codes and User tokens issued.
+        self.pages: dict[str, dict[str, Any]] = {
+            PAGE_ID: {"name": "Acme", "ig": {"id": IG_USER_ID, "username": "acme"}},
+            PAGE2_ID: {"name": "Acme Blog", "ig": None},
+        }
+        self.granted: list[str] = [PAGE_ID, PAGE2_ID]
+        self.deny = False
+        self.accounts_page_size = 25
+        self.codes: dict[str, dict[str, Any]] = {}
+        self.user_tokens: dict[str, dict[str, Any]] = {}  # token -> {"pages", "long_lived"}
+        self.page_tokens: dict[str, str] = {}  # page id -> the Page token last handed out
+        self.route("GET", PREFIX + "/dialog/oauth", "dialog", self._dialog)
+        for method in ("GET", "POST"):
+            self.route(method, PREFIX + "/oauth/access_token", "token", self._token)
+        self.route("GET", PREFIX + "/me/accounts", "accounts", self._accounts)
         for method, path, name, handler in (
             ("POST", "/{node}/feed", "feed", self._feed),
             ("POST", "/{node}/photos", "photos", self._photos),
@@ -210,6 +239,106 @@ class FakeGraph(FakePlatform):
 
     def _not_found(self, node: str) -> Response:
         return self._json(error(100, f"Object with ID '{node}' does not exist", 33), 400)
+
+    # --- Facebook Login -----------------------------------------------------------------------
+
+    @staticmethod
+    def _params(rec: Recorded) -> dict[str, str]:
+        params = {k: v[0] for k, v in rec.query.items()}
+        if rec.method == "POST":
+            params.update({k: v[0] for k, v in parse_qs(rec.body.decode()).items()})
+        return params
+
+    async def _dialog(self, _r: Request, rec: Recorded, _mode: str | None) -> Response:
+        """The user signs in and consents at once to the Pages in :attr:`granted` (or denies)."""
+        params = self._params(rec)
+        missing = [n for n in ("client_id", "redirect_uri", "state", "scope") if not params.get(n)]
+        if missing or params.get("response_type", "code") != "code":
+            return self._json(error(100, f"Invalid parameter: missing {missing}"), 400)
+        if params["client_id"] != CLIENT_ID:
+            message = "Error validating application. Invalid application ID."
+            return self._json(error(101, message), 400)
+        if "code_challenge" in params and params.get("code_challenge_method") != "S256":
+            return self._json(error(100, "Invalid code_challenge_method"), 400)
+        if self.deny:
+            query = {
+                "error": "access_denied",
+                "error_code": "200",
+                "error_description": "Permissions error",
+                "error_reason": "user_denied",
+                "state": params["state"],
+            }
+        else:
+            code = f"AQ{secrets.token_hex(12)}"
+            self.codes[code] = {
+                "challenge": params.get("code_challenge"),
+                "redirect_uri": params["redirect_uri"],
+                "pages": list(self.granted),
+                "scopes": params["scope"].split(","),
+            }
+            query = {"code": code, "state": params["state"]}
+        return RedirectResponse(f"{params['redirect_uri']}?{urlencode(query)}", 302)
+
+    def _user_token(self, pages: list[str], long_lived: bool) -> dict[str, Any]:
+        token = f"EAA{'L' if long_lived else 'S'}{secrets.token_hex(12)}"
+        self.user_tokens[token] = {"pages": pages, "long_lived": long_lived}
+        lifetime = LONG_LIVED if long_lived else SHORT_LIVED
+        return {"access_token": token, "token_type": "bearer", "expires_in": lifetime}
+
+    async def _token(self, _r: Request, rec: Recorded, mode: str | None) -> Response:
+        params = self._params(rec)
+        if params.get("client_id") != CLIENT_ID or params.get("client_secret") != CLIENT_SECRET:
+            return self._json(error(1, "Error validating client secret."), 400)
+        if mode == "used_code":
+            return self._json(error(100, "This authorization code has been used.", 36009), 400)
+        if params.get("grant_type") == "fb_exchange_token":
+            user = self.user_tokens.get(params.get("fb_exchange_token", ""))
+            if user is None:
+                return self._json(error(190, "Invalid OAuth access token."), 400)
+            return self._json(self._user_token(user["pages"], long_lived=True))
+        grant = self.codes.pop(params.get("code", ""), None)
+        if grant is None:
+            return self._json(error(100, "Invalid verification code format."), 400)
+        if params.get("redirect_uri") != grant["redirect_uri"]:
+            message = "Error validating verification code. Please make sure your redirect_uri"
+            return self._json(error(100, message + " is identical", 36008), 400)
+        if grant["challenge"] is not None:
+            verifier = params.get("code_verifier", "")
+            digest = hashlib.sha256(verifier.encode()).digest()
+            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != grant["challenge"]:
+                return self._json(error(100, "Invalid code verifier."), 400)
+        return self._json(self._user_token(grant["pages"], long_lived=False))
+
+    async def _accounts(self, _r: Request, rec: Recorded, _mode: str | None) -> Response:
+        """The Pages the token's grant covers, each with a Page token, ``limit`` (at most
+        :attr:`accounts_page_size`) per page, the cursor an index."""
+        params = self._params(rec)
+        user = self.user_tokens.get(params.get("access_token", ""))
+        if user is None:
+            return self._json(error(190, "Invalid OAuth access token."), 400)
+        fields = params.get("fields", "id,name")
+        pages = [p for p in self.pages if p in user["pages"]]
+        start = int(params.get("after", 0))
+        size = min(int(params.get("limit", 25)), self.accounts_page_size)
+        data = []
+        for page_id in pages[start : start + size]:
+            item: dict[str, Any] = {"id": page_id, "name": self.pages[page_id]["name"]}
+            if "access_token" in fields:
+                token = f"EAAP{secrets.token_hex(12)}"
+                self.tokens[token] = page_id
+                self.page_tokens[page_id] = token
+                item["access_token"] = token
+            ig = self.pages[page_id]["ig"]
+            if "instagram_business_account" in fields and ig is not None:
+                item["instagram_business_account"] = dict(ig)
+            data.append(item)
+        answer: dict[str, Any] = {"data": data}
+        if data:
+            answer["paging"] = {"cursors": {"before": str(start), "after": str(start + size)}}
+            if start + size < len(pages):
+                after = urlencode({**params, "after": str(start + size)})
+                answer["paging"]["next"] = f"{self.base_url}{PREFIX}/me/accounts?{after}"
+        return self._json(answer)
 
     # --- Facebook -----------------------------------------------------------------------------
 
