@@ -18,6 +18,7 @@ from daemon.clock import FakeClock
 from tests.fakes._server import FakePlatform
 from tests.fakes.bluesky import FakeBluesky
 from tests.fakes.mastodon import FakeMastodon
+from tests.fakes.tiktok import make_mp4
 from tests.fakes.x import FakeX  # X (issue 5)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -78,6 +79,16 @@ class Harness:
         if self.fake is None:
             return "https://media.example/cat.png"
         return self.fake.serve_file("cat.png", PNG, "image/png")
+
+    def video_url(self) -> str:
+        """A short MP4 (12 s) served by the platform's fake (fetched or pulled from there)."""
+        if self.fake is None:
+            return "https://media.example/clip.mp4"
+        return self.fake.serve_file("clip.mp4", make_mp4(12, 10_000), "video/mp4")
+
+    def video_post(self, message: str = "A clip", post_id: str = "post_1") -> base.PostPayload:
+        item = base.MediaItem(self.video_url(), "video", "video/mp4")
+        return base.PostPayload(post_id, PAGE, self.platform, message, media=(item,))
 
     def mark(self) -> int:
         return len(self.fake.requests) if self.fake else 0

@@ -23,6 +23,16 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "find_published": {"mastodon": ["account_statuses"], "bluesky": ["list_records"]},
     "refresh": {"mastodon": ["verify"], "bluesky": ["refresh_session"]},
 }
+# Video posts: platforms listed here publish them; the others refuse them in validate.
+EXPECTED["video_post"] = {
+    "sandbox": [],
+    # media v2 answers 202 for a video; the fake finishes processing on the third poll
+    "mastodon": ["instance", "media", "media_status", "media_status", "media_status", "statuses"],
+    "bluesky": ["upload_blob", "create_record"],
+    "linkedin": ["videos", "video_part", "videos", "video_status", "posts"],
+    "tiktok": ["creator_info", "video_init", "upload", "upload", "status"],
+    "youtube": ["start", "chunk"],
+}
 # X (issue 5): the fake's route names for the same cases.
 EXPECTED["text_post"]["twitter"] = ["tweets"]
 EXPECTED["image_post"]["twitter"] = ["media_upload", "tweets"]
@@ -123,6 +133,25 @@ async def test_image_post_uploads_then_publishes(harness: Harness) -> None:
 
     assert harness.routes() == expected("image_post", harness)
     assert harness.published_texts() == ["With a cat"]
+    found = await harness.adapter.find_published(post, since)
+    assert found is not None and found.remote_id == published.remote_id
+
+
+async def test_video_post_publishes_once(harness: Harness) -> None:
+    """A video post goes through the platform's video flow and publishes once; a platform whose
+    video flow postd does not have yet refuses it in validate (at schedule time), unsent."""
+    post = harness.video_post("A clip")
+    if harness.platform not in EXPECTED["video_post"]:
+        problems = harness.adapter.validate(post)
+        assert problems and any("video" in problem for problem in problems), problems
+        assert harness.routes() == []
+        return
+    since = harness.clock.now() - timedelta(minutes=1)
+
+    published = await harness.adapter.publish(post)
+
+    assert harness.routes() == expected("video_post", harness)
+    assert harness.published_texts() == ["A clip"]
     found = await harness.adapter.find_published(post, since)
     assert found is not None and found.remote_id == published.remote_id
 
