@@ -336,7 +336,7 @@ class App:
 
     async def purge(self) -> None:
         """Daily retention clean-up: audit log, idempotency keys, old minute/day counters,
-        webhook deliveries past their retention."""
+        webhook deliveries past their retention, adapter progress of posts ended a week ago."""
         now = self.clock.now()
         api = self.settings.api
         try:
@@ -347,6 +347,7 @@ class App:
                 deliveries = await webhook_store.purge(
                     await session.connection(), now, self.settings.webhooks.delivery_retention_days
                 )
+                progress_rows = await progress.purge(session, now)
         except Exception as exc:
             log.error("retention_failed", error=str(exc))
             return
@@ -356,6 +357,7 @@ class App:
             idempotency_keys=keys,
             counters=counters,
             webhook_deliveries=deliveries,
+            adapter_progress=progress_rows,
         )
 
     # -- webhooks (issue 4): the deliverer, its timer and its quota ---------------------------

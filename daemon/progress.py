@@ -3,12 +3,19 @@ each write commits on its own, so a value is durable before the adapter's next r
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from daemon import clock as clock_mod
+from daemon import lifecycle
 from daemon.store import db
-from daemon.store.models import AdapterProgress
+from daemon.store.models import AdapterProgress, Post
+
+# Kept this long after their post ended (published, failed, cancelled): what an operator may
+# want to read when asking why a post went out as it did.
+RETENTION = timedelta(days=7)
 
 
 class DbProgress:
@@ -49,3 +56,17 @@ class DbProgress:
                     AdapterProgress.post_id == post_id, AdapterProgress.key == key
                 )
             )
+
+
+async def purge(session: AsyncSession, now: datetime, keep: timedelta = RETENTION) -> int:
+    """Delete the progress of posts that ended more than ``keep`` ago (a post still scheduled or
+    publishing keeps its own: a later try resumes from it); rows deleted. Runs in the caller's
+    transaction."""
+    ended = select(Post.id).where(
+        Post.state.in_((lifecycle.PUBLISHED, lifecycle.FAILED, lifecycle.CANCELLED)),
+        Post.updated_at < now - keep,
+    )
+    result = await session.execute(
+        delete(AdapterProgress).where(AdapterProgress.post_id.in_(ended))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -64,3 +64,26 @@ async def test_put_get_replace_delete(
     await store.delete(post_id, "ig_container:abc")
     assert await store.get(post_id, "ig_container:abc") is None
     assert await store.get(post_id, "ig_publish_sent:abc") is not None
+
+
+async def test_purge_drops_progress_of_posts_ended_a_week_ago(
+    tmp_path: Path, db_url: str, app_factory: Any
+) -> None:
+    """The daily retention deletes the progress of a post that ended over a week ago and keeps
+    the progress of one still scheduled (a later try resumes from it)."""
+    app = await app_factory(make_settings(tmp_path, db_url))
+    store = progress.DbProgress(app.engine, app.clock)
+    live, ended = await _post_id(app), await _post_id(app)
+    await store.put(live, "yt_session", "https://upload.example/s1")
+    await store.put(ended, "yt_session", "https://upload.example/s2")
+    async with app.sessions() as session, session.begin():
+        await services.cancel_post(session, ended, app.clock.now())
+
+    async with app.sessions() as session, session.begin():
+        assert await progress.purge(session, app.clock.now()) == 0  # ended just now: kept
+    app.clock.advance(progress.RETENTION.total_seconds() + 60)
+    async with app.sessions() as session, session.begin():
+        assert await progress.purge(session, app.clock.now()) == 1
+
+    assert await store.get(ended, "yt_session") is None
+    assert await store.get(live, "yt_session") == "https://upload.example/s1"
