@@ -40,6 +40,7 @@ MAX_BATCH = 256  # jobs per transaction: bounds how long the write lock is held
 class _Queued:
     job: Job
     done: asyncio.Future[Any]
+    single: bool  # one statement: atomic by itself, no SAVEPOINT needed
     result: Any = None
     error: BaseException | None = field(default=None)
 
@@ -47,19 +48,25 @@ class _Queued:
 class GroupWriter:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._statement_atomic = engine.dialect.name == "sqlite"
         self._queue: list[_Queued] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0  # transactions committed (tests and metrics)
 
-    async def run(self, job: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run(
+        self, job: Callable[[AsyncConnection], Awaitable[T]], *, single: bool = False
+    ) -> T:
         """Run ``job`` in the next group transaction; its result once that transaction is
-        committed (or its exception: raised by the job, or by the commit)."""
+        committed (or its exception: raised by the job, or by the commit). ``single``: the job
+        is one statement; on SQLite a failing statement is undone by itself and the transaction
+        goes on, so it needs no SAVEPOINT there (two round trips fewer). PostgreSQL aborts the
+        whole transaction on any error: there every job gets its SAVEPOINT."""
         if self._closed:
             raise RuntimeError("the writer is closed")
         loop = asyncio.get_running_loop()
-        queued = _Queued(job, loop.create_future())
+        queued = _Queued(job, loop.create_future(), single)
         self._queue.append(queued)
         self._wake.set()
         if self._task is None:
@@ -81,6 +88,9 @@ class GroupWriter:
             async with self._engine.begin() as conn:
                 for queued in batch:
                     try:
+                        if queued.single and self._statement_atomic:
+                            queued.result = await queued.job(conn)
+                            continue
                         async with conn.begin_nested():
                             queued.result = await queued.job(conn)
                     except Exception as exc:  # this job's own failure: rolled back alone
@@ -115,16 +125,18 @@ def _settle(
         done.set_result(result)
 
 
-async def write(owner: Any, job: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+async def write(
+    owner: Any, job: Callable[[AsyncConnection], Awaitable[T]], *, single: bool = False
+) -> T:
     """Run ``job`` through ``owner.writer`` (the daemon's :class:`GroupWriter`), or in a
     transaction of its own where there is none (tools, tests that build a bare owner)."""
     writer: GroupWriter | None = getattr(owner, "writer", None)
     if writer is None:
         async with owner.engine.begin() as conn:
             return await job(conn)
-    return await writer.run(job)
+    return await writer.run(job, single=single)
 
 
 async def execute(owner: Any, statement: Executable) -> CursorResult[Any]:
     """One statement through :func:`write`."""
-    return await write(owner, lambda conn: conn.execute(statement))
+    return await write(owner, lambda conn: conn.execute(statement), single=True)

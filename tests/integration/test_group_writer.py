@@ -74,6 +74,26 @@ async def test_a_duplicate_key_fails_only_its_job(engine) -> None:  # type: igno
     await writer.aclose()
 
 
+async def test_a_failing_single_statement_fails_alone(engine) -> None:  # type: ignore[no-untyped-def]
+    """Single-statement jobs run without a SAVEPOINT on SQLite; a failing one still fails
+    alone (SQLite undoes the statement, not the transaction)."""
+    writer = GroupWriter(engine)
+    insert = "INSERT INTO t (n) VALUES (:n)"
+
+    def single(n: int):  # type: ignore[no-untyped-def]
+        return lambda conn: conn.execute(text(insert), {"n": n})
+
+    outcome = await asyncio.gather(
+        writer.run(single(3), single=True),
+        writer.run(single(3), single=True),
+        writer.run(single(4), single=True),
+        return_exceptions=True,
+    )
+    assert isinstance(outcome[1], Exception) and not isinstance(outcome[0], Exception)
+    assert await rows(engine) == [3, 4]
+    await writer.aclose()
+
+
 async def test_answers_come_after_the_commit(engine) -> None:  # type: ignore[no-untyped-def]
     """When run() returns, another connection sees the write."""
     writer = GroupWriter(engine)
