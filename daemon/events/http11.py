@@ -16,7 +16,9 @@ It keeps the guarantees of :func:`daemon.netguard.pinned_client`:
 
 Connections are kept per pinned origin and reused (LIFO) while idle for less than
 ``idle_expiry`` seconds and not closed by the peer; a response that is not a complete
-keep-alive exchange closes its connection.
+keep-alive exchange closes its connection. A reused connection that ends before a single byte of
+the response (the receiver closed it while idle, its FIN not yet seen here) is tried once more
+on a new connection, as HTTP clients do; a delivery carries its ``webhook-id`` both times.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class ConnectFailed(HttpError):
 
 class ProtocolFailed(HttpError):
     kind = "PROTOCOL_ERROR"
+
+
+class Unanswered(ProtocolFailed):
+    """The connection ended before any byte of a response: on a kept-alive connection, most
+    likely the receiver closed it while idle just as it was reused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,24 @@ class Pool:
         """POST ``body`` to ``pinned.target``'s path at ``pinned.ip``; raise HttpError."""
         target = pinned.target
         key = (target.scheme, target.host, target.port, str(pinned.ip))
-        conn = self._checkout(key) or await self._connect(pinned)
+        conn = self._checkout(key)
+        if conn is not None:
+            try:
+                return await self._send(key, conn, target, headers, body, max_body)
+            except Unanswered:
+                pass  # the receiver closed it while idle: once more, on a new connection
+        conn = await self._connect(pinned)
+        return await self._send(key, conn, target, headers, body, max_body)
+
+    async def _send(
+        self,
+        key: Key,
+        conn: _Conn,
+        target: netguard.Target,
+        headers: Mapping[str, str],
+        body: bytes,
+        max_body: int,
+    ) -> Response:
         try:
             response, reusable = await _exchange(conn, target, headers, body, max_body)
         except BaseException:
@@ -190,21 +214,27 @@ async def _exchange(
     except h11.LocalProtocolError as exc:  # a header we built is not valid HTTP
         raise ProtocolFailed(f"request not sent: {exc}") from exc
     conn.writer.write(data)
+    received = [0]  # bytes of the response read so far
     try:
         await conn.writer.drain()
-        return await _read_response(conn, http, max_body)
-    except h11.RemoteProtocolError as exc:
-        raise ProtocolFailed(str(exc)) from exc
-    except OSError as exc:
-        raise ProtocolFailed(str(exc) or type(exc).__name__) from exc
+        return await _read_response(conn, http, max_body, received)
+    except (h11.RemoteProtocolError, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if not received[0]:  # not a byte of a response came back
+            raise Unanswered(reason) from exc
+        raise ProtocolFailed(reason) from exc
 
 
-async def _read_response(conn: _Conn, http: h11.Connection, max_body: int) -> tuple[Response, bool]:
+async def _read_response(
+    conn: _Conn, http: h11.Connection, max_body: int, received: list[int]
+) -> tuple[Response, bool]:
     status, names, got = 0, {}, bytearray()
     while True:
         event = http.next_event()
         if event is h11.NEED_DATA:
-            http.receive_data(await conn.reader.read(READ_CHUNK))
+            chunk = await conn.reader.read(READ_CHUNK)
+            received[0] += len(chunk)
+            http.receive_data(chunk)
             continue
         if isinstance(event, h11.Response):
             status = event.status_code

@@ -149,17 +149,23 @@ async def test_nothing_listening_is_a_connect_error() -> None:
 async def test_a_connection_closed_by_the_peer_while_idle_is_not_reused(serve: Serve) -> None:
     """The receiver closes kept-alive connections after one answer: the next POST reconnects."""
 
+    closed = asyncio.Event()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
 
     server, port = await serve(handle)
     pool = http11.Pool()
     for _ in range(3):
         response = await pool.post(pinned(f"http://127.0.0.1:{port}/"), {}, b"x", max_body=10)
         assert response.status == 200
-        await asyncio.sleep(0.01)  # the peer's FIN arrives
+        await closed.wait()  # the peer closed (its FIN is on the loopback)
+        closed.clear()
     pool.close()
     assert server.connections == 3
 
