@@ -244,7 +244,10 @@ class App:
         self.clock = clock or clock_mod.SystemClock()
         self.engine = db.create_engine(settings.database.url, settings.base_dir)
         self.sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.engine)
-        self.writer = writer_mod.GroupWriter(self.engine)  # the API's group commit
+        # The API's group commit, on its own thread and engine (daemon/store/writer.py).
+        self.writer = writer_mod.GroupWriter(
+            lambda: db.create_engine(settings.database.url, settings.base_dir, pool_size=1)
+        )
         self.metrics = Metrics()
         self.adapters = (
             dict(adapters)

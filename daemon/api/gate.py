@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from sqlalchemy import CursorResult, Table, bindparam, delete, insert, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon import tokens
 from daemon.api import auth, errors, idempotency, limits
 from daemon.api.deps import Principal
-from daemon.store import db
+from daemon.store import db, writer
 from daemon.store.models import ApiToken, AuditEntry, UTCDateTime
 
 if TYPE_CHECKING:
@@ -105,13 +105,13 @@ class AuditLog:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        owner: Any,
         *,
         interval: float = 0.5,
         batch: int = 200,
         max_pending: int = 100_000,
     ) -> None:
-        self._sessions = sessions
+        self._owner = owner  # the daemon: its group writer (daemon/store/writer.py) or engine
         self._interval = interval
         self._batch = batch
         self._max_pending = max_pending
@@ -177,12 +177,15 @@ class AuditLog:
             if not rows and not uses:
                 return True
             touches = [{"t_id": k, "t_n": u.count, "t_at": u.last} for k, u in uses.items()]
+
+            async def job(conn: AsyncConnection) -> None:
+                if rows:
+                    await conn.execute(insert(_AUDIT), rows)
+                if touches:
+                    await conn.execute(_TOUCH, touches)
+
             try:
-                async with self._sessions() as session, session.begin():
-                    if rows:
-                        await session.execute(insert(_AUDIT), rows)
-                    if touches:
-                        await session.execute(_TOUCH, touches)
+                await writer.write(self._owner, job)
             except Exception as exc:
                 log.error("audit_flush_failed", rows=len(rows), error=type(exc).__name__)
                 self._rows[:0] = rows
@@ -276,7 +279,7 @@ class ApiGate:
         # Tests may pass fakes; the daemon uses the real limits and idempotency layers.
         self._admit: Admit = admit or limits.admit
         self._wrap: Wrap = wrap or idempotency.wrap
-        self.audit = AuditLog(postd_app.sessions)
+        self.audit = AuditLog(postd_app)
 
     async def aclose(self) -> None:
         await self.audit.aclose()

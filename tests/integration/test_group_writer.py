@@ -37,7 +37,7 @@ def inserting(n: int):  # type: ignore[no-untyped-def]
 
 
 async def test_concurrent_jobs_share_a_commit(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(engine)
+    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
     results = await asyncio.gather(*(writer.run(inserting(n)) for n in range(50)))
     assert results == list(range(50))
     assert await rows(engine) == list(range(50))
@@ -46,7 +46,7 @@ async def test_concurrent_jobs_share_a_commit(engine) -> None:  # type: ignore[n
 
 
 async def test_a_failing_job_is_rolled_back_alone(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(engine)
+    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
 
     async def half_then_fail(conn: AsyncConnection) -> None:
         await conn.execute(text("INSERT INTO t (n) VALUES (100)"))
@@ -65,7 +65,7 @@ async def test_a_failing_job_is_rolled_back_alone(engine) -> None:  # type: igno
 
 
 async def test_a_duplicate_key_fails_only_its_job(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(engine)
+    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
     outcome = await asyncio.gather(
         writer.run(inserting(7)), writer.run(inserting(7)), return_exceptions=True
     )
@@ -77,7 +77,7 @@ async def test_a_duplicate_key_fails_only_its_job(engine) -> None:  # type: igno
 async def test_a_failing_single_statement_fails_alone(engine) -> None:  # type: ignore[no-untyped-def]
     """Single-statement jobs run without a SAVEPOINT on SQLite; a failing one still fails
     alone (SQLite undoes the statement, not the transaction)."""
-    writer = GroupWriter(engine)
+    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
     insert = "INSERT INTO t (n) VALUES (:n)"
 
     def single(n: int):  # type: ignore[no-untyped-def]
@@ -96,7 +96,7 @@ async def test_a_failing_single_statement_fails_alone(engine) -> None:  # type: 
 
 async def test_answers_come_after_the_commit(engine) -> None:  # type: ignore[no-untyped-def]
     """When run() returns, another connection sees the write."""
-    writer = GroupWriter(engine)
+    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
     for n in range(3):
         await writer.run(inserting(n))
         assert n in await rows(engine)
@@ -105,7 +105,7 @@ async def test_answers_come_after_the_commit(engine) -> None:  # type: ignore[no
 
 
 async def test_closed_writer_refuses(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(engine)
+    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
     await writer.run(inserting(1))
     await writer.aclose()
     with pytest.raises(RuntimeError, match="closed"):
