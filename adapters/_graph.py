@@ -37,6 +37,8 @@ from adapters import _http, base
 # defaults to it (daemon/config.py, checked by tests/unit/test_graph.py).
 GRAPH_VERSION = "v24.0"
 GRAPH_API_BASE = f"https://graph.facebook.com/{GRAPH_VERSION}"
+# Facebook video uploads go to their own host (platforms.md §1 (c)).
+GRAPH_VIDEO_BASE = f"https://graph-video.facebook.com/{GRAPH_VERSION}"
 
 THROTTLE_CODES = frozenset({4, 17, 32, 341, 613, 80001})
 TRANSIENT_CODES = frozenset({1, 2})
@@ -217,14 +219,15 @@ class GraphClient:
         final: bool,
         what: str,
         params: Mapping[str, Any] | None = None,
+        base_url: str | None = None,
     ) -> dict[str, Any]:
-        """One request; ``{node}`` in ``path`` is the page's node id. The JSON object of a 2xx,
-        else the classified error."""
+        """One request; ``{node}`` in ``path`` is the page's node id; ``base_url`` replaces
+        :attr:`api_base` (the video host). The JSON object of a 2xx, else the classified error."""
         account = await self.account(page_id)
         for attempt in (1, 2):
             fields = {**(params or {}), "access_token": account.token}
             request: dict[str, Any] = {"params" if method == "GET" else "data": fields}
-            url = self.api_base + path.replace("{node}", account.node_id)
+            url = (base_url or self.api_base) + path.replace("{node}", account.node_id)
             response = await _http.send(self.client, method, url, final=final, what=what, **request)
             if response.is_success:
                 return _http.json_object(response, final=final, what=what)

@@ -2,10 +2,13 @@
 
 Publishing is one call, the final one: ``POST /{page-id}/feed`` (``message``, optional ``link``
 from ``options["facebook"]["link"]``) for text, ``POST /{page-id}/photos`` (``url``,
-``caption``) for one photo, which Graph fetches from its URL itself (so the URL must be public;
-postd never uploads the bytes). Graph has no idempotency key: an ambiguous publish is reconciled
-through ``GET /{page-id}/posts`` by text and time, and a repeat of the same text is refused by
-Graph itself (code 506, "duplicate post") rather than published twice.
+``caption``) for one photo, ``POST /{page-id}/videos`` (``file_url``, ``description``, on the
+video host) for one video, then its processing status is waited out (adapters/graph_video.py).
+Graph fetches the media from its URL itself (so the URL must be public; postd never uploads the
+bytes). Graph has no idempotency key: an ambiguous publish is reconciled through
+``GET /{page-id}/posts`` (``GET /{page-id}/videos`` for a video) by text and time, and a repeat of
+the same text is refused by Graph itself (code 506, "duplicate post") rather than published
+twice.
 
 Credentials: ``access_token`` (a Page access token) and ``page_id``. Page tokens made from a
 long-lived user token do not expire [U]; on code 190 the stored credentials are read again once,
@@ -16,6 +19,7 @@ fails a publish that happened.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from datetime import datetime
@@ -23,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from adapters import _graph, _http, base
+from adapters import _graph, _http, base, graph_video
 
 MAX_MESSAGE = 63_206  # [U]
 NODES = _graph.NodeFields(
@@ -50,6 +54,10 @@ class FacebookAdapter:
         timeouts: _http.Timeouts | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         public_media_only: bool = True,
+        video_api_base: str = "",
+        sleep: _http.Sleep = asyncio.sleep,
+        media_poll_seconds: float = 2.0,
+        media_poll_max_seconds: float = 300.0,
     ) -> None:
         self._now = now
         self._public_only = public_media_only
@@ -61,6 +69,14 @@ class FacebookAdapter:
             timeouts=timeouts or _http.Timeouts(),
             transport=transport,
         )
+        self._video = graph_video.FacebookVideo(
+            self._graph,
+            video_api_base=graph_video.video_base(api_base, video_api_base),
+            now=now,
+            sleep=sleep,
+            poll_seconds=media_poll_seconds,
+            poll_max_seconds=media_poll_max_seconds,
+        )
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -68,6 +84,8 @@ class FacebookAdapter:
         problems = self.validate(post)
         if problems:
             raise base.PermanentError("; ".join(problems), code="INVALID_POST")
+        if graph_video.is_video(post):
+            return await self._video.publish(post)
         if post.media:
             params = {"url": post.media[0].url, "caption": post.message or ""}
             made = await self._graph.call(
@@ -92,7 +110,8 @@ class FacebookAdapter:
         since: datetime,
         exclude_remote_ids: AbstractSet[str] = frozenset(),
     ) -> base.Published | None:
-        return await self._graph.find_published(post, since, exclude_remote_ids, NODES)
+        nodes = graph_video.FB_VIDEO_NODES if graph_video.is_video(post) else NODES
+        return await self._graph.find_published(post, since, exclude_remote_ids, nodes)
 
     # --- comments -----------------------------------------------------------------------------
 
@@ -194,17 +213,12 @@ class FacebookAdapter:
         problems = []
         text = post.message or ""
         if not text.strip() and not post.media:
-            problems.append("a Facebook post needs text or a photo")
+            problems.append("a Facebook post needs text, a photo or a video")
         if len(text) > MAX_MESSAGE:
             problems.append(f"text is {len(text)} characters; Facebook allows {MAX_MESSAGE}")
-        if len(post.media) > 1:
-            problems.append("postd publishes at most one photo per Facebook post")
-        for item in post.media:
-            if item.kind != "photo":
-                problems.append("postd does not publish Facebook videos yet")
-            problem = _graph.media_url_problem(item.url, public_only=self._public_only)
-            if problem:
-                problems.append(problem)
+        problems += graph_video.media_problems(
+            post, platform="Facebook", public_only=self._public_only
+        )
         return problems
 
     async def aclose(self) -> None:

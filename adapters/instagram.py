@@ -1,14 +1,16 @@
 """Instagram (Graph API content publishing, Facebook Login; platforms.md §2).
 
-A post is one photo with an optional caption (Instagram has no text-only post; carousels and
-reels are not built yet). Publishing is two-phase:
+A post is one photo or one video (a reel) with an optional caption (Instagram has no text-only
+post; carousels are not built yet). Publishing is two-phase, the same for both:
 
-1. ``POST /{ig-user-id}/media`` (``image_url``, ``caption``) creates a container; Graph fetches
-   the image from its URL itself, so the URL must be public. The container id is written to the
+1. ``POST /{ig-user-id}/media`` (``image_url``, ``caption``; for a video ``media_type=REELS``,
+   ``video_url``, ``caption``: single feed videos are reels) creates a container; Graph fetches
+   the media from its URL itself, so the URL must be public. The container id is written to the
    injected :class:`adapters._progress.ProgressStore` the moment it returns.
 2. ``GET /{container-id}?fields=status_code,status`` until ``FINISHED`` (``IN_PROGRESS``: wait
-   through the injected ``sleep``; these polls are not tries). ``EXPIRED`` (containers last 24 h)
-   or a vanished container restarts the flow with a new container; ``ERROR`` is permanent.
+   through the injected ``sleep``; these polls are not tries; a video takes longer). ``EXPIRED``
+   (containers last 24 h) or a vanished container restarts the flow with a new container;
+   ``ERROR`` is permanent, with Graph's code when its ``status`` names one.
 3. ``GET /{ig-user-id}/content_publishing_limit``: when the rolling 24 h quota is used up, the
    post waits (nothing was published); ``quota_total`` is reported by :meth:`limits`.
 4. ``POST /{ig-user-id}/media_publish?creation_id=<container>``, the final call; a mark that it
@@ -33,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from adapters import _graph, _http, _progress, base
+from adapters import _graph, _http, _progress, base, graph_video
 
 MAX_CAPTION = 2200
 MAX_HASHTAGS = 30
@@ -146,7 +148,12 @@ class InstagramAdapter:
         raise base.RetryableError("instagram: new container expired at once", code="EXPIRED")
 
     async def _create_container(self, post: base.PostPayload, keys: _Keys) -> str:
-        params = {"image_url": post.media[0].url, "caption": post.message or ""}
+        item, caption = post.media[0], post.message or ""
+        params = (
+            {"media_type": "REELS", "video_url": item.url, "caption": caption}
+            if item.kind == "video"
+            else {"image_url": item.url, "caption": caption}
+        )
         made = await self._graph.call(
             post.page_id, "POST", "/{node}/media", final=False, what="container", params=params
         )
@@ -180,7 +187,7 @@ class InstagramAdapter:
                 await self._progress.delete(post.post_id, keys.container)
                 raise base.PermanentError(
                     f"instagram: container {container} failed: {node.get('status') or 'ERROR'}",
-                    code="CONTAINER_ERROR",
+                    code=graph_video.status_error_code(node.get("status")),
                 )
             if waited >= self._poll_max:
                 raise base.RetryableError(
@@ -311,15 +318,10 @@ class InstagramAdapter:
         problems = []
         caption = post.message or ""
         if not post.media:
-            problems.append("an Instagram post needs a photo (there are no text-only posts)")
-        if len(post.media) > 1:
-            problems.append("postd publishes one photo per Instagram post (no carousels yet)")
-        for item in post.media:
-            if item.kind != "photo":
-                problems.append("postd does not publish Instagram videos or reels yet")
-            problem = _graph.media_url_problem(item.url, public_only=self._public_only)
-            if problem:
-                problems.append(problem)
+            problems.append("an Instagram post needs a photo or a video (no text-only posts)")
+        problems += graph_video.media_problems(
+            post, platform="Instagram", public_only=self._public_only, photo_word="photo"
+        )
         if len(caption) > MAX_CAPTION:
             problems.append(f"caption is {len(caption)} characters; Instagram allows {MAX_CAPTION}")
         hashtags = len(_HASHTAG.findall(caption))

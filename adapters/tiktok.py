@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from adapters import _graph, _http, _progress, _tokens, base, tiktok_api
+from adapters import _graph, _http, _media, _progress, _tokens, base, tiktok_api
 
 REFRESH_EARLY = timedelta(minutes=10)
 VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm")
@@ -218,7 +218,7 @@ class TikTokAdapter:
                 f"tiktok: {blob.mime_type} is not MP4, MOV or WebM", code="UNSUPPORTED_MEDIA"
             )
         longest = creator.get("max_video_post_duration_sec")
-        seconds = tiktok_api.mp4_duration(blob.data)
+        seconds = _media.mp4_duration(blob.data)
         if isinstance(longest, int) and seconds is not None and seconds > longest:
             raise base.PermanentError(
                 f"tiktok: the video lasts {seconds:.0f} s; this creator may post {longest} s",

@@ -17,7 +17,6 @@ TikTok may answer an error with HTTP 200, so the code is read whatever the statu
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -300,19 +299,3 @@ class ChunkPlan:
         """(first, last) byte of every chunk, inclusive."""
         bounds = [i * self.chunk for i in range(self.count)] + [self.size]
         return [(bounds[i], bounds[i + 1] - 1) for i in range(self.count)]
-
-
-def mp4_duration(data: bytes) -> float | None:
-    """Seconds from an MP4/MOV ``mvhd`` box; ``None`` when there is none to read."""
-    at = data.find(b"mvhd")
-    if at < 4:
-        return None
-    try:
-        version = data[at + 4]
-        if version == 1:
-            scale, length = struct.unpack_from(">IQ", data, at + 4 + 4 + 16)
-        else:
-            scale, length = struct.unpack_from(">II", data, at + 4 + 4 + 8)
-    except (IndexError, struct.error):
-        return None
-    return length / scale if scale else None

@@ -1,8 +1,11 @@
 """X (API v2; platforms.md §5). postd calls the platform "twitter".
 
 Publishing: each image through ``POST /2/media/upload`` (JSON, base64 ``media``,
-``media_category=tweet_image``), then one ``POST /2/tweets`` (the final call: a timeout or 5xx is
+``media_category=tweet_image``), or one video through the chunked upload
+(:mod:`adapters.x_media`: initialize, append, finalize, then STATUS polls through the injected
+``sleep``, which are not tries), then one ``POST /2/tweets`` (the final call: a timeout or 5xx is
 ambiguous; X has no idempotency key, so reconciliation lists ``GET /2/users/{id}/tweets``).
+Uploaded media ids are remembered per (post, media), so a later try does not upload again.
 Comments are reply posts (``reply.in_reply_to_tweet_id``), listed by recent search on
 ``conversation_id:<root>`` (7-day window).
 
@@ -17,6 +20,7 @@ endpoint are RetryableError, so a passing outage never marks a page for re-conne
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 from collections.abc import Mapping
@@ -26,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from adapters import _http, _text, _tokens, base, x_text
+from adapters import _http, _text, _tokens, base, x_media, x_text
 
 TOKEN_PATH = "/2/oauth2/token"
 # X's authorization page lives on x.com, not on the API host (xdk: authorization_base_url
@@ -168,6 +172,10 @@ class XAdapter:
         api_base: str = PRODUCTION_API,
         timeouts: _http.Timeouts | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: _http.Sleep = asyncio.sleep,
+        media_poll_seconds: float = 2.0,
+        media_poll_max_seconds: float = 300.0,
+        video_chunk_bytes: int = x_media.CHUNK_BYTES,
     ) -> None:
         self._store = credentials
         self._now = now
@@ -187,7 +195,17 @@ class XAdapter:
             required=("access_token", "user_id"),
         )
         self._rate: dict[str, _http.RateLimit] = {}
-        self._uploads = _http.BoundedCache(1024)  # (post, index, url) -> media id
+        self._uploads = _http.BoundedCache(1024)  # (post, index, url) -> media id / Upload
+        self._video = x_media.VideoUploader(
+            self._call,
+            fetch_media,
+            now,
+            sleep,
+            self._uploads,
+            poll_seconds=media_poll_seconds,
+            poll_max_seconds=media_poll_max_seconds,
+            chunk_bytes=video_chunk_bytes,
+        )
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -261,6 +279,8 @@ class XAdapter:
 
     async def _upload(self, post: base.PostPayload, index: int, item: base.MediaItem) -> str:
         key = f"{post.post_id}\0{index}\0{item.url}"
+        if item.kind == "video":
+            return await self._video.upload(post.page_id, key, item)
         if key not in self._uploads:
             blob = await self._fetch(item, IMAGE_MAX_BYTES)
             if blob.mime_type not in IMAGE_TYPES:
@@ -447,10 +467,18 @@ class XAdapter:
                 f"text weighs {length} as X counts it (a URL 23, CJK and emoji 2); X allows "
                 f"{x_text.MAX_WEIGHTED_LENGTH}"
             )
-        if len(post.media) > 4:
+        videos = [item for item in post.media if item.kind == "video"]
+        if videos and len(post.media) > 1:
+            problems.append("a video on X goes alone: one video, no other media")
+        elif len(post.media) > 4:
             problems.append(f"{len(post.media)} images; X allows 4")
-        if any(item.kind != "photo" for item in post.media):
-            problems.append("postd publishes only photos to X so far (no video or GIF)")
+        problems += [
+            f"a {item.mime_type} video; X takes MP4 or QuickTime"
+            for item in videos
+            if item.mime_type and item.mime_type not in x_media.VIDEO_TYPES
+        ]
+        if any(item.kind not in ("photo", "video") for item in post.media):
+            problems.append("postd publishes photos and one video to X (no other media)")
         return problems
 
     async def aclose(self) -> None:

@@ -102,6 +102,9 @@ def build_adapters(
             fetch_media=fetch,
             api_base=conf.twitter.api_base,
             timeouts=timeouts,
+            sleep=sleep,
+            media_poll_seconds=conf.media_poll_seconds,
+            media_poll_max_seconds=conf.media_poll_max_seconds,
         ),
         # Facebook and Instagram (Graph, issue 5): Graph fetches media from the post's URL itself,
         # so it must be public (unless loopback is allowed: tests, local fakes). Instagram keeps
@@ -112,6 +115,9 @@ def build_adapters(
             api_base=conf.facebook.api_base,
             timeouts=timeouts,
             public_media_only=not settings.netguard.allow_loopback,
+            sleep=sleep,  # a video's processing is waited out like a reel's
+            media_poll_seconds=conf.media_poll_seconds,
+            media_poll_max_seconds=conf.media_poll_max_seconds,
         ),
         "instagram": instagram.InstagramAdapter(
             store,

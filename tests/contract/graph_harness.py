@@ -47,14 +47,18 @@ async def facebook_harness(clock: FakeClock, **fake_options: Any) -> GraphHarnes
     fake = graph.FakeGraph(clock.now, **fake_options)
     await fake.start()
     store = MemoryCredentials({PAGE: {"access_token": graph.PAGE_TOKEN, "page_id": graph.PAGE_ID}})
+    slept = Slept(clock)
     adapter = facebook.FacebookAdapter(
         store,
         now=clock.now,
         api_base=fake.base_url + graph.PREFIX,
         timeouts=TIMEOUTS,
         public_media_only=False,
+        sleep=slept,
+        media_poll_seconds=1.0,
+        media_poll_max_seconds=5.0,
     )
-    return GraphHarness("facebook", adapter, clock, fake, store)
+    return GraphHarness("facebook", adapter, clock, fake, store, slept=slept)
 
 
 async def instagram_harness(clock: FakeClock, **fake_options: Any) -> GraphHarness:

@@ -41,6 +41,15 @@ EXPECTED["list_comments"]["twitter"] = ["search"]
 EXPECTED["reply"]["twitter"] = ["tweet_lookup", "tweets"]
 EXPECTED["find_published"]["twitter"] = ["user_tweets"]
 EXPECTED["refresh"]["twitter"] = ["token"]
+# chunked video: three appends of 4 KiB (x_harness), then STATUS until the fake's second poll
+EXPECTED["video_post"]["twitter"] = [
+    "media_init",
+    *["media_append"] * 3,
+    "media_finalize",
+    "media_status",
+    "media_status",
+    "tweets",
+]
 # Facebook and Instagram (Graph, issue 5): routes of tests/fakes/graph.py. "node" is a GET of one
 # object: the permalink after publishing, a container's status, the account on refresh.
 _IG_PUBLISH = ["container", "node", "publishing_limit", "media_publish", "node"]
@@ -51,6 +60,10 @@ EXPECTED["list_comments"] |= {"facebook": ["comments"], "instagram": ["comments"
 EXPECTED["reply"] |= {"facebook": ["comment"], "instagram": ["replies"]}
 EXPECTED["find_published"] |= {"facebook": ["posts"], "instagram": ["media"]}
 EXPECTED["refresh"] |= {"facebook": ["node"], "instagram": ["node"]}
+# Video: the Page video, its status read while processing (two reads), then ready; a reel's
+# container IN_PROGRESS for two status reads, then FINISHED, then published like a photo.
+EXPECTED["video_post"]["facebook"] = ["videos", "node", "node", "node"]
+EXPECTED["video_post"]["instagram"] = ["container", "node", "node", "node", *_IG_PUBLISH[2:]]
 # LinkedIn (issue 5): routes of tests/fakes/linkedin.py.
 EXPECTED["text_post"]["linkedin"] = ["posts"]
 EXPECTED["image_post"]["linkedin"] = ["images", "image_upload", "posts"]

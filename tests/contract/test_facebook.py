@@ -8,8 +8,9 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from adapters import _graph, base, facebook
+from adapters import _graph, base, facebook, graph_video
 from daemon.clock import FakeClock
+from tests.contract import graph_harness
 from tests.contract.conftest import MemoryCredentials
 from tests.contract.graph_harness import GraphHarness
 from tests.fakes import graph
@@ -184,3 +185,157 @@ async def test_comment_reply_and_listing_use_graph_edges(fb: GraphHarness) -> No
     (listing,) = fb.graph.requests[mark:]
     assert (listing.param("filter"), listing.param("order")) == ("stream", "chronological")
     assert [(c.id, c.parent_id) for c in listed] == [(comment.id, None), (reply.id, comment.id)]
+
+
+# --- video (platforms.md §1 (c)) ----------------------------------------------------------------
+
+
+async def test_video_is_published_by_url_then_its_processing_is_waited_out(
+    fb: GraphHarness,
+) -> None:
+    """POST /{page-id}/videos with file_url and description (form, Page token; no bytes sent),
+    then GET /{video-id}?fields=id,status,... through the injected sleep until ``ready``; the
+    remote id is the video id, with its permalink."""
+    url = fb.video_url()
+    published = await fb.adapter.publish(fb.video_post("A clip #video"))
+
+    (call,) = fb.graph.calls("videos")
+    assert (call.method, call.path) == ("POST", f"/{_graph.GRAPH_VERSION}/{graph.PAGE_ID}/videos")
+    assert call.query == {}
+    assert httpx.QueryParams(call.body.decode()) == httpx.QueryParams(
+        {"file_url": url, "description": "A clip #video", "access_token": graph.PAGE_TOKEN}
+    )
+    (video,) = fb.graph.of_kind("fb_video")
+    polls = fb.graph.calls("node")
+    assert [p.path for p in polls] == [f"/{_graph.GRAPH_VERSION}/{video['id']}"] * 3
+    assert {p.param("fields") for p in polls} == {"id,status,permalink_url,created_time"}
+    assert fb.slept is not None and fb.slept.waits == [1.0, 1.0]
+    assert fb.graph.calls("file") == [] and fb.graph.of_kind("fb_post") == []
+    assert (published.remote_id, published.permalink) == (video["id"], video["permalink_url"])
+    assert fb.published_texts() == ["A clip #video"]
+
+
+def test_videos_go_to_the_graph_video_host_unless_the_api_base_is_overridden() -> None:
+    """platforms.md §1 (c): uploads go to graph-video.facebook.com; a configured api_base (a
+    proxy, the fake) is used as is, and video_api_base wins over both."""
+    assert (
+        graph_video.video_base("", "") == f"https://graph-video.facebook.com/{_graph.GRAPH_VERSION}"
+    )
+    assert graph_video.video_base(_graph.GRAPH_API_BASE, "") == _graph.GRAPH_VIDEO_BASE
+    assert graph_video.video_base("http://127.0.0.1:9/v24.0/", "") == "http://127.0.0.1:9/v24.0"
+    assert graph_video.video_base("", "https://v.example/") == "https://v.example"
+
+
+async def test_video_still_processing_after_the_poll_budget_is_published_once(
+    clock: FakeClock,
+) -> None:
+    """Processing past media_poll_max_seconds, or a failing status read: the video exists, so
+    the post is published (never a second /videos call, no retry consumed)."""
+    fb = await graph_harness.facebook_harness(clock, video_polls=50)
+    try:
+        slow = await fb.adapter.publish(fb.video_post("Slow clip"))
+        assert fb.slept is not None and sum(fb.slept.waits) == 5.0
+        fb.graph.fail("node", "server_error")
+        unread = await fb.adapter.publish(fb.video_post("Unread clip", post_id="post_2"))
+
+        assert [v["id"] for v in fb.graph.of_kind("fb_video")] == [slow.remote_id, unread.remote_id]
+        assert len(fb.graph.calls("videos")) == 2
+        assert unread.permalink is None
+    finally:
+        await fb.adapter.aclose()
+        await fb.graph.stop()
+
+
+async def test_video_whose_processing_fails_is_a_permanent_failure(fb: GraphHarness) -> None:
+    """status.video_status ``error``: PermanentError VIDEO_ERROR after the polls."""
+    fb.graph.fail("videos", "video_error")
+
+    with pytest.raises(base.PermanentError) as caught:
+        await fb.adapter.publish(fb.video_post())
+
+    assert caught.value.code == "VIDEO_ERROR"
+    assert len(fb.graph.calls("videos")) == 1
+
+
+VIDEO_FAILURES = [*FAILURES, ("hang_after", base.AmbiguousError, "READ_TIMEOUT", None, 1)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "code", "wait", "videos"),
+    VIDEO_FAILURES,
+    ids=[f[0] for f in VIDEO_FAILURES],
+)
+async def test_failure_modes_of_the_videos_call(
+    fb: GraphHarness,
+    mode: str,
+    error: type[base.AdapterError],
+    code: str,
+    wait: float | None,
+    videos: int,
+) -> None:
+    """POST /videos is the final call: classified like /feed (5xx and timeouts ambiguous)."""
+    fb.graph.fail("videos", mode)
+
+    with pytest.raises(base.AdapterError) as caught:
+        await fb.adapter.publish(fb.video_post())
+
+    assert (type(caught.value), caught.value.code) == (error, code)
+    if wait is not None:
+        assert isinstance(caught.value, base.RetryableError)
+        assert caught.value.retry_after == pytest.approx(wait)
+    assert len(fb.graph.of_kind("fb_video")) == videos
+
+
+@pytest.mark.parametrize("mode", ["ambiguous_after", "hang_after"])
+async def test_ambiguous_video_publish_is_reconciled_through_the_page_videos(
+    fb: GraphHarness, mode: str
+) -> None:
+    """Recorded, then 500 or no answer: find_published lists GET /{page-id}/videos (by
+    description and time) and finds the video Graph made; nothing is sent again."""
+    since = fb.clock.now() - timedelta(seconds=30)
+    fb.graph.fail("videos", mode)
+    with pytest.raises(base.AmbiguousError):
+        await fb.adapter.publish(fb.video_post("Maybe a clip"))
+    mark = fb.mark()
+
+    found = await fb.adapter.find_published(fb.video_post("Maybe a clip"), since)
+
+    (video,) = fb.graph.of_kind("fb_video")
+    assert found is not None and found.remote_id == video["id"]
+    (listing,) = fb.graph.requests[mark:]
+    assert (listing.route, listing.param("fields")) == (
+        "page_videos",
+        "id,description,created_time,permalink_url",
+    )
+    assert len(fb.graph.calls("videos")) == 1
+    assert await fb.adapter.find_published(fb.video_post("Other"), since) is None
+
+
+def _fb(*media: base.MediaItem) -> base.PostPayload:
+    return base.PostPayload("p", "page_1", "facebook", "x", media)
+
+
+MP4 = base.MediaItem("https://cdn.example.com/a.mp4", "video")
+
+
+@pytest.mark.parametrize(
+    ("post", "problem"),
+    [
+        (_fb(MP4, base.MediaItem("https://cdn.example.com/a.png", "photo")), "one video"),
+        (_fb(MP4, MP4), "one video"),
+        (_fb(base.MediaItem("https://cdn.example.com/a.avi", "video")), "not MP4 or MOV"),
+        (_fb(base.MediaItem("https://cdn.example.com/a", "video", "video/webm")), "video/webm"),
+        (_fb(base.MediaItem("http://192.168.1.2/a.mp4", "video")), "not public"),
+    ],
+    ids=["with-photo", "two-videos", "avi", "webm", "private-url"],
+)
+def test_validate_video_posts(post: base.PostPayload, problem: str) -> None:
+    """One video alone, MP4 or MOV (by type, else extension), at a public URL."""
+    adapter = facebook.FacebookAdapter(MemoryCredentials(), now=FakeClock().now)
+    assert any(problem in p for p in adapter.validate(post)), adapter.validate(post)
+    assert adapter.validate(_fb(MP4)) == []
+    assert (
+        adapter.validate(_fb(base.MediaItem("https://c.example/v", "video", "video/quicktime")))
+        == []
+    )
+    assert adapter.validate(_fb(base.MediaItem("https://c.example/a.MOV", "video"))) == []

@@ -289,6 +289,7 @@ def _ig(message: str | None, *media: base.MediaItem) -> base.PostPayload:
 
 
 PHOTO = base.MediaItem("https://cdn.example.com/a.jpg", "photo")
+REEL = base.MediaItem("https://cdn.example.com/a.mov", "video", "video/quicktime")
 
 
 @pytest.mark.parametrize(
@@ -299,10 +300,20 @@ PHOTO = base.MediaItem("https://cdn.example.com/a.jpg", "photo")
         (_ig(" ".join(f"#t{n}" for n in range(31)), PHOTO), "31 hashtags"),
         (_ig(" ".join(f"@u{n}" for n in range(21)), PHOTO), "21 @-mentions"),
         (_ig("two", PHOTO, PHOTO), "one photo"),
-        (_ig("reel", base.MediaItem("https://cdn.example.com/a.mp4", "video")), "reels"),
+        (_ig("reel", base.MediaItem("https://cdn.example.com/a.webm", "video")), "not MP4"),
+        (_ig("reel", base.MediaItem("https://cdn.example.com/a.mp4", "video"), PHOTO), "one video"),
         (_ig("local", base.MediaItem("http://192.168.1.2/a.jpg", "photo")), "not public"),
     ],
-    ids=["text-only", "caption", "hashtags", "mentions", "carousel", "video", "private-url"],
+    ids=[
+        "text-only",
+        "caption",
+        "hashtags",
+        "mentions",
+        "carousel",
+        "webm",
+        "video-and-photo",
+        "private-url",
+    ],
 )
 def test_validate_refuses(post: base.PostPayload, problem: str) -> None:
     """Instagram's documented limits refuse the post before any request."""
@@ -313,6 +324,7 @@ def test_validate_refuses(post: base.PostPayload, problem: str) -> None:
     ok = _ig("x" * 2200 + "", PHOTO)
     assert adapter.validate(ok) == []
     assert adapter.validate(_ig(" ".join(f"#t{n}" for n in range(30)), PHOTO)) == []
+    assert adapter.validate(_ig("a reel", REEL)) == []
 
 
 async def test_find_published_matches_caption_and_time(ig: GraphHarness) -> None:
@@ -328,3 +340,114 @@ async def test_find_published_matches_caption_and_time(ig: GraphHarness) -> None
     assert found is not None and found.remote_id == published.remote_id
     excluded = frozenset({published.remote_id})
     assert await ig.adapter.find_published(ig.post("Look"), since, excluded) is None
+
+
+# --- reels (platforms.md §2 "Flow": media_type=REELS) -------------------------------------------
+
+
+async def test_reel_is_a_reels_container_polled_through_sleep_then_published(
+    ig: GraphHarness,
+) -> None:
+    """POST /{ig-user}/media with media_type=REELS, video_url and caption; IN_PROGRESS twice
+    (two injected sleeps, no try used), FINISHED, quota, then media_publish of that container;
+    the container id is stored before the first status read."""
+    progress = OrderedProgress(ig.graph)
+    ig.adapter._progress = progress
+    post = ig.video_post("A reel #reels")
+    url = post.media[0].url
+    published = await ig.adapter.publish(post)
+
+    (create,) = ig.graph.calls("container")
+    assert httpx.QueryParams(create.body.decode()) == httpx.QueryParams(
+        {
+            "media_type": "REELS",
+            "video_url": url,
+            "caption": "A reel #reels",
+            "access_token": graph.IG_TOKEN,
+        }
+    )
+    (container,) = ig.graph.of_kind("container")
+    assert ig.routes() == [
+        "container", "node", "node", "node", "publishing_limit", "media_publish", "node",
+    ]  # fmt: skip
+    assert ig.slept is not None and ig.slept.waits == [1.0, 1.0]
+    (publish,) = ig.graph.calls("media_publish")
+    assert httpx.QueryParams(publish.body.decode())["creation_id"] == container["id"]
+    key = f"ig_container:{post.fingerprint()[:16]}"
+    assert progress.puts[0][1:] == (key, container["id"])
+    assert progress.seen_at_put[0] == ("ig_container", 1)  # before the first status read
+    (media,) = ig.graph.of_kind("ig_media")
+    assert (media["media_type"], media["caption"]) == ("VIDEO", "A reel #reels")
+    assert (published.remote_id, published.permalink) == (media["id"], media["permalink"])
+    assert ig.graph.calls("file") == []  # Graph pulls the video, postd does not
+
+
+async def test_reel_container_error_is_permanent_with_graphs_code(ig: GraphHarness) -> None:
+    """ERROR after processing: PermanentError with the code Graph's status names; the container
+    is forgotten and nothing is published."""
+    ig.graph.fail("container", "error")
+
+    with pytest.raises(base.PermanentError) as caught:
+        await ig.adapter.publish(ig.video_post())
+
+    assert caught.value.code == "GRAPH_2207026"
+    assert ig.graph.calls("media_publish") == []
+    assert not any(k.startswith("ig_container") for (_, k) in ig.progress.values)
+
+
+@pytest.mark.parametrize("mode", ["ambiguous_after", "hang_after"])
+async def test_ambiguous_reel_publish_is_reconciled_without_a_second_publish(
+    clock: FakeClock, mode: str
+) -> None:
+    """media_publish of a reel recorded, then 500 or no answer: the next try (another process)
+    finds the reel by caption and answers it; media_publish is never sent again."""
+    ig = await instagram_harness(clock)
+    try:
+        ig.graph.fail("media_publish", mode)
+        with pytest.raises(base.AmbiguousError):
+            await ig.adapter.publish(ig.video_post("Reel once"))
+        clock.advance(60)
+
+        later = second_process(ig)
+        published = await later.publish(ig.video_post("Reel once"))
+        await later.aclose()
+
+        (media,) = ig.graph.of_kind("ig_media")
+        assert published.remote_id == media["id"]
+        assert len(ig.graph.calls("media_publish")) == 1 and ig.graph.republished == []
+        assert len(ig.graph.of_kind("container")) == 1
+    finally:
+        await ig.adapter.aclose()
+        await ig.graph.stop()
+
+
+class _Crash(Exception):
+    """The process dies (here: while waiting between status polls)."""
+
+
+async def _crash(_seconds: float) -> None:
+    raise _Crash
+
+
+async def test_reel_resumes_after_a_crash_with_the_persisted_container(clock: FakeClock) -> None:
+    """A crash while the reel processes: the restarted process reads the stored container id,
+    polls that container and publishes it; no second container, one publish."""
+    ig = await instagram_harness(clock)
+    try:
+        ig.adapter._sleep = _crash
+        with pytest.raises(_Crash):
+            await ig.adapter.publish(ig.video_post("Crashy reel"))
+        (container,) = ig.graph.of_kind("container")
+        assert container["id"] in ig.progress.values.values()
+
+        later = second_process(ig)
+        published = await later.publish(ig.video_post("Crashy reel"))
+        await later.aclose()
+
+        assert len(ig.graph.calls("container")) == 1
+        (publish,) = ig.graph.calls("media_publish")
+        assert httpx.QueryParams(publish.body.decode())["creation_id"] == container["id"]
+        assert published.remote_id == ig.graph.of_kind("ig_media")[0]["id"]
+    finally:
+        await ig.adapter.aclose()
+        await ig.graph.stop()

@@ -11,7 +11,10 @@ from datetime import timedelta
 import pytest
 
 from adapters import base, x_text
-from tests.contract.conftest import PAGE, Harness
+from tests.contract.conftest import PAGE, Harness, Slept
+from tests.contract.x_harness import credentials_for
+from tests.fakes import x_openapi
+from tests.fakes.tiktok import make_mp4
 from tests.fakes.x import FakeX
 
 
@@ -307,3 +310,240 @@ def test_validate_refuses_over_280_weighted(xh: Harness) -> None:
     assert xh.adapter.validate(xh.post("日" * 141)) != []
     assert xh.adapter.validate(xh.post("a" * 281)) != []
     assert xh.adapter.validate(xh.post("a" * 200 + " https://example.com/" + "p" * 300)) == []
+
+
+# --- video (chunked upload, platforms.md §5 (c)) -------------------------------------------------
+
+CLIP = make_mp4(12, 10_000)  # what Harness.video_post serves
+
+
+def slept(h: Harness) -> Slept:
+    sleep = h.adapter._video._sleep
+    assert isinstance(sleep, Slept)
+    return sleep
+
+
+async def test_video_is_uploaded_in_chunks_then_posted(xh: Harness) -> None:
+    """initialize (JSON: type, size, tweet_video), one multipart append per 4 KiB chunk with
+    its segment_index, finalize without a body, STATUS by query until succeeded, then one post
+    naming the media id; X reassembles exactly the fetched bytes."""
+    published = await xh.adapter.publish(xh.video_post("A clip"))
+
+    (init,) = fake(xh).calls("media_init")
+    assert (init.method, init.path) == ("POST", "/2/media/upload/initialize")
+    assert init.json() == {
+        "media_type": "video/mp4",
+        "total_bytes": len(CLIP),
+        "media_category": "tweet_video",
+    }
+    media_id = next(iter(fake(xh).videos))
+    appends = fake(xh).calls("media_append")
+    assert [a.path for a in appends] == [f"/2/media/upload/{media_id}/append"] * 3
+    fields = [x_openapi.multipart_fields(a.headers["content-type"], a.body) for a in appends]
+    assert [f and f["segment_index"] for f in fields] == [b"0", b"1", b"2"]
+    assert [f and f["media"] for f in fields] == [CLIP[:4096], CLIP[4096:8192], CLIP[8192:]]
+    assert all(a.headers["content-type"].startswith("multipart/form-data") for a in appends)
+    (final,) = fake(xh).calls("media_finalize")
+    assert (final.method, final.path, final.body) == (
+        "POST",
+        f"/2/media/upload/{media_id}/finalize",
+        b"",
+    )
+    polls = fake(xh).calls("media_status")
+    assert [(p.method, p.path, p.query) for p in polls] == [
+        ("GET", "/2/media/upload", {"command": ["STATUS"], "media_id": [media_id]})
+    ] * 2
+    (tweet,) = fake(xh).calls("tweets")
+    assert tweet.json() == {"text": "A clip", "media": {"media_ids": [media_id]}}
+    assert fake(xh).media[media_id]["bytes"] == CLIP
+    assert published.permalink == f"https://x.com/alice/status/{published.remote_id}"
+
+
+async def test_status_polls_wait_check_after_secs_through_the_injected_sleep(
+    xh: Harness,
+) -> None:
+    """Each wait is X's check_after_secs (finalize says 1, STATUS says 2), through the injected
+    sleep, and polling stops at succeeded."""
+    fake(xh).video_polls = 4
+    start = xh.clock.now()
+
+    await xh.adapter.publish(xh.video_post())
+
+    assert slept(xh).waits == [1, 2, 2, 2]
+    assert len(fake(xh).calls("media_status")) == 4
+    assert xh.clock.now() - start == timedelta(seconds=7)
+
+
+async def test_processing_failed_is_permanent_with_xs_error_name(xh: Harness) -> None:
+    """processing_info.state failed is a PermanentError named after X's error; nothing is
+    posted, and the failed media id is forgotten (a new try uploads again)."""
+    fake(xh).fail("media_status", "processing_failed")
+
+    with pytest.raises(base.PermanentError) as caught:
+        await xh.adapter.publish(xh.video_post())
+
+    assert type(caught.value) is base.PermanentError
+    assert caught.value.code == "InvalidMedia"
+    assert "Unsupported video encoding" in str(caught.value)
+    assert fake(xh).calls("tweets") == []
+    mark = xh.mark()
+    await xh.adapter.publish(xh.video_post())
+    assert xh.routes(mark)[0] == "media_init"
+    assert len(fake(xh).videos) == 2
+
+
+VIDEO_FAILURES = [
+    (route, mode, code)
+    for route in ("media_init", "media_append", "media_finalize", "media_status")
+    for mode, code in (
+        ("server_error", "HTTP_500"),
+        ("unavailable", "UNAVAILABLE"),
+        ("hang", "READ_TIMEOUT"),
+        ("rate_limit", "rate-limit-exceeded"),
+    )
+]
+
+
+@pytest.mark.parametrize(("route", "mode", "code"), VIDEO_FAILURES)
+async def test_video_upload_failures_are_retryable_never_ambiguous(
+    xh: Harness, route: str, mode: str, code: str
+) -> None:
+    """5xx, timeouts and 429 of initialize/append/finalize/STATUS are RetryableError (no post
+    exists yet; a 429 defers until x-rate-limit-reset); nothing is posted."""
+    fake(xh).fail(route, mode)
+
+    with pytest.raises(base.AdapterError) as caught:
+        await xh.adapter.publish(xh.video_post())
+
+    assert type(caught.value) is base.RetryableError
+    assert caught.value.code == code
+    if mode == "rate_limit":
+        assert caught.value.retry_after == pytest.approx(120, abs=1)
+    assert fake(xh).calls("tweets") == []
+
+
+async def test_append_5xx_is_retried_without_duplicating_the_post(xh: Harness) -> None:
+    """A 500 on the second append fails the try before any post; the next try uploads afresh
+    and posts once."""
+    fake(xh).fail("media_append", "ok")  # the first append passes (the fake knows no "ok")
+    fake(xh).fail("media_append", "server_error")
+
+    with pytest.raises(base.RetryableError):
+        await xh.adapter.publish(xh.video_post())
+    assert xh.routes() == ["media_init", "media_append", "media_append"]
+
+    await xh.adapter.publish(xh.video_post())
+
+    assert fake(xh).root_texts() == ["A clip"]
+    assert len(fake(xh).calls("tweets")) == 1
+    (tweet,) = fake(xh).calls("tweets")
+    assert tweet.json()["media"]["media_ids"] == [list(fake(xh).videos)[-1]]
+
+
+async def test_a_retry_reuses_the_uploaded_video(xh: Harness) -> None:
+    """The post call is rate limited after the upload: the next try only posts, naming the
+    media id uploaded before (remembered per post and media)."""
+    fake(xh).fail("tweets", "rate_limit")
+    with pytest.raises(base.RetryableError):
+        await xh.adapter.publish(xh.video_post())
+    mark = xh.mark()
+
+    await xh.adapter.publish(xh.video_post())
+
+    assert xh.routes(mark) == ["tweets"]
+    (media_id,) = fake(xh).videos
+    assert fake(xh).calls("tweets")[-1].json()["media"] == {"media_ids": [media_id]}
+
+
+async def test_an_expired_upload_is_not_reused(xh: Harness) -> None:
+    """Past X's expires_after_secs (a day in the fake) the remembered media id is dropped and
+    the video uploaded again."""
+    fake(xh).fail("tweets", "rate_limit")
+    with pytest.raises(base.RetryableError):
+        await xh.adapter.publish(xh.video_post())
+    xh.clock.advance(86_401)
+    xh.store.pages[PAGE] = credentials_for(fake(xh), fake(xh).alice)
+
+    await xh.adapter.publish(xh.video_post())
+
+    assert len(fake(xh).videos) == 2
+    assert fake(xh).calls("tweets")[-1].json()["media"] == {
+        "media_ids": [list(fake(xh).videos)[-1]]
+    }
+
+
+async def test_processing_past_the_poll_budget_is_retryable_and_polled_next_time(
+    xh: Harness,
+) -> None:
+    """Still processing after media_poll_max_seconds (30 s here): RetryableError MEDIA_NOT_READY
+    with the media id kept; the next try polls it (no new upload) and posts."""
+    fake(xh).video_polls = 1000
+
+    with pytest.raises(base.RetryableError) as caught:
+        await xh.adapter.publish(xh.video_post())
+
+    assert caught.value.code == "MEDIA_NOT_READY"
+    assert sum(slept(xh).waits) >= 30 and fake(xh).calls("tweets") == []
+    fake(xh).video_polls = 0
+    mark = xh.mark()
+    await xh.adapter.publish(xh.video_post())
+    assert xh.routes(mark) == ["media_status", "tweets"]
+    assert len(fake(xh).videos) == 1
+
+
+async def test_a_video_too_long_is_refused_before_any_upload(xh: Harness) -> None:
+    """A 200 s MP4 (X takes 0.5-140 s) is a PermanentError once fetched, nothing sent to X."""
+    url = fake(xh).serve_file("long.mp4", make_mp4(200, 10_000), "video/mp4")
+    post = base.PostPayload("p", PAGE, "twitter", "long", (base.MediaItem(url, "video"),))
+
+    with pytest.raises(base.PermanentError) as caught:
+        await xh.adapter.publish(post)
+
+    assert caught.value.code == "VIDEO_DURATION"
+    assert xh.routes() == []
+
+
+def test_validate_takes_one_video_alone(xh: Harness) -> None:
+    """One MP4 or QuickTime video alone is valid; with an image, a second video or in another
+    format it is refused."""
+    mp4 = base.MediaItem("https://m.example/a.mp4", "video", "video/mp4")
+    mov = base.MediaItem("https://m.example/a.mov", "video", "video/quicktime")
+    webm = base.MediaItem("https://m.example/a.webm", "video", "video/webm")
+    png = base.MediaItem("https://m.example/a.png", "photo", "image/png")
+
+    def problems(*media: base.MediaItem) -> list[str]:
+        return xh.adapter.validate(base.PostPayload("p", PAGE, "twitter", "clip", media))
+
+    assert problems(mp4) == [] and problems(mov) == []
+    assert any("alone" in p for p in problems(mp4, png))
+    assert any("alone" in p for p in problems(mp4, mov))
+    assert any("MP4" in p for p in problems(webm))
+    assert xh.routes() == []
+
+
+async def test_a_bad_segment_index_is_caught_by_the_openapi_check(xh: Harness) -> None:
+    """The fake checks multipart bodies too: segment_index 1000 breaks MediaSegments (0-999)."""
+    answer = await xh.adapter._data(
+        PAGE,
+        "POST",
+        "/2/media/upload/initialize",
+        final=False,
+        what="init",
+        json={"media_type": "video/mp4", "total_bytes": 3, "media_category": "tweet_video"},
+    )
+    media_id = answer["data"]["id"]
+
+    with pytest.raises(base.PermanentError) as caught:
+        await xh.adapter._call(
+            PAGE,
+            "POST",
+            f"/2/media/upload/{media_id}/append",
+            final=False,
+            what="append",
+            data={"segment_index": "1000"},
+            files={"media": ("chunk", b"abc", "video/mp4")},
+        )
+
+    assert caught.value.http_status == 400
+    assert fake(xh).violations and all("segment_index" in v for v in fake(xh).violations)
+    fake(xh).violations.clear()

@@ -1,7 +1,8 @@
 """A fake Graph API serving one Facebook Page and one Instagram professional account, under the
 version prefix postd pins (``adapters._graph.GRAPH_VERSION``); platforms.md §1-§2.
 
-Route names for :meth:`FakePlatform.fail`: ``feed``, ``photos``, ``posts``, ``comment``
+Route names for :meth:`FakePlatform.fail`: ``feed``, ``photos``, ``videos`` (POST, Page video),
+``page_videos`` (GET .../videos), ``posts``, ``comment``
 (POST .../comments), ``comments`` (GET), ``replies``, ``container`` (POST .../media), ``media``
 (GET .../media), ``media_publish``, ``publishing_limit``, ``node`` (GET /{id}); Facebook Login:
 ``dialog`` (the login dialog, on www.facebook.com in production: the user consents at once and
@@ -18,10 +19,18 @@ is redirected with a code for the Pages in :attr:`FakeGraph.granted`), ``token``
     invalid          400 code 100 "Invalid parameter"
     daily_cap        400 code 9 / 2207042 (IG publishing cap)
     spam             400 code 4 / 2207051 (IG "suspected spam")
-    ambiguous_after  ``feed``, ``photos``, ``media_publish``, ``comment``: done, then 500
+    ambiguous_after  ``feed``, ``photos``, ``videos``, ``media_publish``, ``comment``: done,
+                     then 500
+    hang_after       ``videos``, ``media_publish``: done, then no answer (the client times out)
     not_ready        ``container``: IN_PROGRESS for ``processing_polls`` status reads
     expired          ``container``: the container reports EXPIRED
+    error            ``container``: a reel's container ends in ERROR (after its polls)
+    video_error      ``videos``: the Page video's processing ends in ``error``
     used_code        ``token``: 400 code 100 / 36009 "This authorization code has been used."
+
+A REELS container (``media_type=REELS``, ``video_url``) is IN_PROGRESS for ``video_polls``
+status reads, then FINISHED; so is a Page video ``processing`` (tests/fakes/graph_video.py).
+Facebook Login lives in tests/fakes/graph_login.py.
 
 A container is published at most once; another ``media_publish`` of it is refused (code 100) and
 logged in :attr:`FakeGraph.republished`.
@@ -29,32 +38,27 @@ logged in :attr:`FakeGraph.republished`.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
-from adapters import _graph
 from tests.fakes._server import FakePlatform, Recorded
+from tests.fakes.graph_login import CLIENT_ID as CLIENT_ID  # re-exported (connect tests)
+from tests.fakes.graph_login import CLIENT_SECRET as CLIENT_SECRET
+from tests.fakes.graph_login import PREFIX, FakeLogin, error
+from tests.fakes.graph_video import REEL_ERROR_STATUS, FakeVideos
 
 PAGE_ID = "1001"
 IG_USER_ID = "17841400000000001"
 PAGE_TOKEN = "page-token"
 IG_TOKEN = "ig-token"
-PREFIX = f"/{_graph.GRAPH_VERSION}"
 PAGE2_ID = "1002"
-CLIENT_ID = "meta-app-1234"
-CLIENT_SECRET = "meta-secret-5678"
-SHORT_LIVED = 5400  # seconds; a short-lived User token lasts an hour or two
-LONG_LIVED = 5_183_944  # about 60 days (the docs' sample answer)
 
 _ERRORS: dict[str, tuple[int, int | None, str]] = {
     "user_rate_limit": (17, None, "User request limit reached"),
@@ -72,13 +76,6 @@ def graph_time(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S+0000")
 
 
-def error(code: int, message: str, subcode: int | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
-    if subcode is not None:
-        body["error_subcode"] = subcode
-    return {"error": {**body, **extra, "fbtrace_id": "AbCdEf"}}
-
-
 class FakeGraph(FakePlatform):
     name = "graph"
 
@@ -89,9 +86,12 @@ class FakeGraph(FakePlatform):
         processing_polls: int = 2,
         published_status: bool = True,
         quota_total: int = 50,
+        video_polls: int = 2,
     ) -> None:
         super().__init__(now)
         self.processing_polls = processing_polls
+        self.video_polls = video_polls
+        self.videos = FakeVideos(self)
         self.published_status = published_status  # a published container says PUBLISHED
         self.quota_total = quota_total
         self.tokens = {PAGE_TOKEN: PAGE_ID, IG_TOKEN: IG_USER_ID}
@@ -111,13 +111,16 @@ class FakeGraph(FakePlatform):
         self.codes: dict[str, dict[str, Any]] = {}
         self.user_tokens: dict[str, dict[str, Any]] = {}  # token -> {"pages", "long_lived"}
         self.page_tokens: dict[str, str] = {}  # page id -> the Page token last handed out
-        self.route("GET", PREFIX + "/dialog/oauth", "dialog", self._dialog)
+        self.login = FakeLogin(self)
+        self.route("GET", PREFIX + "/dialog/oauth", "dialog", self.login.dialog)
         for method in ("GET", "POST"):
-            self.route(method, PREFIX + "/oauth/access_token", "token", self._token)
-        self.route("GET", PREFIX + "/me/accounts", "accounts", self._accounts)
+            self.route(method, PREFIX + "/oauth/access_token", "token", self.login.token)
+        self.route("GET", PREFIX + "/me/accounts", "accounts", self.login.accounts)
         for method, path, name, handler in (
             ("POST", "/{node}/feed", "feed", self._feed),
             ("POST", "/{node}/photos", "photos", self._photos),
+            ("POST", "/{node}/videos", "videos", self.videos.create),
+            ("GET", "/{node}/videos", "page_videos", self.videos.listing),
             ("GET", "/{node}/posts", "posts", self._posts),
             ("POST", "/{node}/comments", "comment", self._comment),
             ("GET", "/{node}/comments", "comments", self._comments),
@@ -145,9 +148,14 @@ class FakeGraph(FakePlatform):
         return [n for n in self.nodes.values() if n["_kind"] == kind]
 
     def root_texts(self, platform: str) -> list[str]:
-        """Texts of the page's posts (facebook) or the account's media captions (instagram)."""
+        """Texts of the page's posts and videos (facebook) or the account's media captions
+        (instagram)."""
         if platform == "facebook":
-            return [n["message"] for n in self.of_kind("fb_post")]
+            return [
+                n.get("message", n.get("description"))
+                for n in self.nodes.values()
+                if n["_kind"] in ("fb_post", "fb_video")
+            ]
         return [n["caption"] for n in self.of_kind("ig_media")]
 
     def by_text(self, text: str) -> list[dict[str, Any]]:
@@ -155,8 +163,8 @@ class FakeGraph(FakePlatform):
         return [
             n
             for n in self.nodes.values()
-            if n["_kind"] in ("fb_post", "ig_media")
-            and text in (n.get("message"), n.get("caption"))
+            if n["_kind"] in ("fb_post", "fb_video", "ig_media")
+            and text in (n.get("message"), n.get("caption"), n.get("description"))
         ]
 
     def add_comment(self, target: str, text: str, who: str = "bob") -> str:
@@ -240,106 +248,6 @@ class FakeGraph(FakePlatform):
     def _not_found(self, node: str) -> Response:
         return self._json(error(100, f"Object with ID '{node}' does not exist", 33), 400)
 
-    # --- Facebook Login -----------------------------------------------------------------------
-
-    @staticmethod
-    def _params(rec: Recorded) -> dict[str, str]:
-        params = {k: v[0] for k, v in rec.query.items()}
-        if rec.method == "POST":
-            params.update({k: v[0] for k, v in parse_qs(rec.body.decode()).items()})
-        return params
-
-    async def _dialog(self, _r: Request, rec: Recorded, _mode: str | None) -> Response:
-        """The user signs in and consents at once to the Pages in :attr:`granted` (or denies)."""
-        params = self._params(rec)
-        missing = [n for n in ("client_id", "redirect_uri", "state", "scope") if not params.get(n)]
-        if missing or params.get("response_type", "code") != "code":
-            return self._json(error(100, f"Invalid parameter: missing {missing}"), 400)
-        if params["client_id"] != CLIENT_ID:
-            message = "Error validating application. Invalid application ID."
-            return self._json(error(101, message), 400)
-        if "code_challenge" in params and params.get("code_challenge_method") != "S256":
-            return self._json(error(100, "Invalid code_challenge_method"), 400)
-        if self.deny:
-            query = {
-                "error": "access_denied",
-                "error_code": "200",
-                "error_description": "Permissions error",
-                "error_reason": "user_denied",
-                "state": params["state"],
-            }
-        else:
-            code = f"AQ{secrets.token_hex(12)}"
-            self.codes[code] = {
-                "challenge": params.get("code_challenge"),
-                "redirect_uri": params["redirect_uri"],
-                "pages": list(self.granted),
-                "scopes": params["scope"].split(","),
-            }
-            query = {"code": code, "state": params["state"]}
-        return RedirectResponse(f"{params['redirect_uri']}?{urlencode(query)}", 302)
-
-    def _user_token(self, pages: list[str], long_lived: bool) -> dict[str, Any]:
-        token = f"EAA{'L' if long_lived else 'S'}{secrets.token_hex(12)}"
-        self.user_tokens[token] = {"pages": pages, "long_lived": long_lived}
-        lifetime = LONG_LIVED if long_lived else SHORT_LIVED
-        return {"access_token": token, "token_type": "bearer", "expires_in": lifetime}
-
-    async def _token(self, _r: Request, rec: Recorded, mode: str | None) -> Response:
-        params = self._params(rec)
-        if params.get("client_id") != CLIENT_ID or params.get("client_secret") != CLIENT_SECRET:
-            return self._json(error(1, "Error validating client secret."), 400)
-        if mode == "used_code":
-            return self._json(error(100, "This authorization code has been used.", 36009), 400)
-        if params.get("grant_type") == "fb_exchange_token":
-            user = self.user_tokens.get(params.get("fb_exchange_token", ""))
-            if user is None:
-                return self._json(error(190, "Invalid OAuth access token."), 400)
-            return self._json(self._user_token(user["pages"], long_lived=True))
-        grant = self.codes.pop(params.get("code", ""), None)
-        if grant is None:
-            return self._json(error(100, "Invalid verification code format."), 400)
-        if params.get("redirect_uri") != grant["redirect_uri"]:
-            message = "Error validating verification code. Please make sure your redirect_uri"
-            return self._json(error(100, message + " is identical", 36008), 400)
-        if grant["challenge"] is not None:
-            verifier = params.get("code_verifier", "")
-            digest = hashlib.sha256(verifier.encode()).digest()
-            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != grant["challenge"]:
-                return self._json(error(100, "Invalid code verifier."), 400)
-        return self._json(self._user_token(grant["pages"], long_lived=False))
-
-    async def _accounts(self, _r: Request, rec: Recorded, _mode: str | None) -> Response:
-        """The Pages the token's grant covers, each with a Page token, ``limit`` (at most
-        :attr:`accounts_page_size`) per page, the cursor an index."""
-        params = self._params(rec)
-        user = self.user_tokens.get(params.get("access_token", ""))
-        if user is None:
-            return self._json(error(190, "Invalid OAuth access token."), 400)
-        fields = params.get("fields", "id,name")
-        pages = [p for p in self.pages if p in user["pages"]]
-        start = int(params.get("after", 0))
-        size = min(int(params.get("limit", 25)), self.accounts_page_size)
-        data = []
-        for page_id in pages[start : start + size]:
-            item: dict[str, Any] = {"id": page_id, "name": self.pages[page_id]["name"]}
-            if "access_token" in fields:
-                token = f"EAAP{secrets.token_hex(12)}"
-                self.tokens[token] = page_id
-                self.page_tokens[page_id] = token
-                item["access_token"] = token
-            ig = self.pages[page_id]["ig"]
-            if "instagram_business_account" in fields and ig is not None:
-                item["instagram_business_account"] = dict(ig)
-            data.append(item)
-        answer: dict[str, Any] = {"data": data}
-        if data:
-            answer["paging"] = {"cursors": {"before": str(start), "after": str(start + size)}}
-            if start + size < len(pages):
-                after = urlencode({**params, "after": str(start + size)})
-                answer["paging"]["next"] = f"{self.base_url}{PREFIX}/me/accounts?{after}"
-        return self._json(answer)
-
     # --- Facebook -----------------------------------------------------------------------------
 
     def _fb_post(self, message: str, photo: str | None) -> dict[str, Any]:
@@ -375,7 +283,7 @@ class FakeGraph(FakePlatform):
 
     def _public(self, node: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in node.items() if not k.startswith("_")}
-        if node["_kind"] in ("fb_post", "fb_comment"):
+        if node["_kind"] in ("fb_post", "fb_comment", "fb_video"):
             out["created_time"] = graph_time(node["_at"])
         if node["_kind"] == "fb_comment":
             out["from"] = node["_from"]
@@ -436,16 +344,21 @@ class FakeGraph(FakePlatform):
     async def _container(self, node: str, params: dict[str, str], mode: str | None) -> Response:
         if node != IG_USER_ID:
             return self._not_found(node)
-        if not params.get("image_url"):
+        reel = params.get("media_type") == "REELS"
+        media = params.get("video_url") if reel else params.get("image_url")
+        if not media or params.get("media_type", "REELS") != "REELS":
             return self._json(error(100, "The parameter image_url is required", 2207023), 400)
-        polls = self.processing_polls if mode == "not_ready" else 0
+        polls = self.processing_polls if mode == "not_ready" else self.video_polls if reel else 0
+        settled = "ERROR" if mode == "error" else "EXPIRED" if mode == "expired" else "FINISHED"
         container = self._add(
             "container",
             self._id(),
-            status_code="EXPIRED" if mode == "expired" else "IN_PROGRESS" if polls else "FINISHED",
+            status_code="IN_PROGRESS" if polls else settled,
             caption=params.get("caption", ""),
-            _image=params["image_url"],
+            _image=None if reel else media,
+            _video=media if reel else None,
             _polls_left=polls,
+            _settled=settled,
         )
         return self._json({"id": container["id"]})
 
@@ -463,11 +376,16 @@ class FakeGraph(FakePlatform):
             "ig_media",
             f"18{self._id()}",
             caption=container["caption"],
-            media_type="IMAGE",
-            permalink=f"https://www.instagram.com/p/{self._next}/",
+            media_type="VIDEO" if container["_video"] else "IMAGE",
+            media_product_type="REELS" if container["_video"] else "FEED",
+            permalink=f"https://www.instagram.com/{'reel' if container['_video'] else 'p'}"
+            f"/{self._next}/",
         )
         if self.published_status:
             container["status_code"] = "PUBLISHED"
+        if mode == "hang_after":  # done, then no answer until the client gives up
+            await self._release.wait()
+            return Response(status_code=504)
         return self._ambiguous() if mode == "ambiguous_after" else self._json({"id": media["id"]})
 
     async def _media(self, node: str, params: dict[str, str], _m: str | None) -> Response:
@@ -493,7 +411,7 @@ class FakeGraph(FakePlatform):
             if found["_polls_left"] > 0:
                 found["_polls_left"] -= 1
                 if found["_polls_left"] == 0:
-                    found["status_code"] = "FINISHED"
+                    found["status_code"] = found["_settled"]
                 return self._json(
                     {
                         "id": node,
@@ -501,5 +419,10 @@ class FakeGraph(FakePlatform):
                         "status": "In Progress: Media is still being processed.",
                     }
                 )
-            return self._json({"id": node, "status_code": found["status_code"]})
+            answer = {"id": node, "status_code": found["status_code"]}
+            if found["status_code"] == "ERROR":
+                answer["status"] = REEL_ERROR_STATUS
+            return self._json(answer)
+        if found["_kind"] == "fb_video":
+            return self._json(self.videos.status(found))
         return self._json(self._public(found))

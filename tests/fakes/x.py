@@ -3,13 +3,20 @@ is checked against X's OpenAPI document (:mod:`tests.fakes.x_openapi`): a non-co
 recorded in :attr:`FakeX.violations` and answered 400 ``invalid-request``, as X would.
 
 Route names for :meth:`FakePlatform.fail`: ``authorize``, ``token``, ``me``, ``media_upload``,
-``tweets``, ``tweet_lookup``, ``user_tweets``, ``search``. Platform modes:
+``media_init``, ``media_append``, ``media_finalize``, ``media_status``, ``tweets``,
+``tweet_lookup``, ``user_tweets``, ``search``. Platform modes:
 
     expired_token    401 problem (any API route)
     duplicate        ``tweets``: 403 "You are not allowed to create a Tweet with duplicate content."
     ambiguous_after  ``tweets``: the post is created, then 503
     hang_after       ``tweets``: the post is created, then no answer
     invalid_grant    ``token``: 400 ``invalid_request`` "Value passed for the token was invalid."
+    processing_failed  ``media_status``: the video's processing fails (``InvalidMedia``)
+
+Videos (platforms.md §5 (c)): initialize, append (multipart, segment_index), finalize (the parts
+must add up to ``total_bytes``; the answer is ``processing_info`` pending, ``check_after_secs``
+1), then STATUS answers ``in_progress`` (``check_after_secs`` 2) until the ``video_polls``-th
+poll, which answers ``succeeded``. Only then may a post name the media id.
 
 Rate-limit headers ``x-rate-limit-limit/remaining/reset`` (epoch seconds) are on every answer.
 Created posts' ``text`` is rendered as X does: URLs become t.co links, each media appends one, and
@@ -52,8 +59,10 @@ def challenge_of(verifier: str) -> str:
 class FakeX(FakePlatform):
     name = "x"
 
-    def __init__(self, now: Callable[[], datetime]) -> None:
+    def __init__(self, now: Callable[[], datetime], *, video_polls: int = 2) -> None:
         super().__init__(now)
+        self.video_polls = video_polls
+        self.videos: dict[str, dict[str, Any]] = {}  # media id -> upload session
         self.violations: list[str] = []
         self.users: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[str, datetime]] = {}  # access token -> (user id, expiry)
@@ -69,6 +78,10 @@ class FakeX(FakePlatform):
         for method, path, name, handler in (
             ("GET", "/2/users/me", "me", self._me),
             ("POST", "/2/media/upload", "media_upload", self._upload),
+            ("POST", "/2/media/upload/initialize", "media_init", self._video_init),
+            ("POST", "/2/media/upload/{id}/append", "media_append", self._video_append),
+            ("POST", "/2/media/upload/{id}/finalize", "media_finalize", self._video_finalize),
+            ("GET", "/2/media/upload", "media_status", self._video_status),
             ("POST", "/2/tweets", "tweets", self._create_tweet),
             ("GET", "/2/tweets/search/recent", "search", self._search),
             ("GET", "/2/tweets/{id}", "tweet_lookup", self._lookup),
@@ -254,6 +267,84 @@ class FakeX(FakePlatform):
         self.media[media_id] = {"media_key": f"3_{media_id}", "size": len(data), "bytes": data}
         answer = {"id": media_id, "media_key": f"3_{media_id}", "size": len(data)}
         return self._json({"data": {**answer, "expires_after_secs": 86400}})
+
+    # --- chunked video upload ------------------------------------------------------------------
+
+    def _invalid(self, detail: str) -> Response:
+        kind = "https://api.twitter.com/2/problems/invalid-request"
+        return self.problem(400, "Invalid Request", detail, kind)
+
+    def _session(self, media_id: str) -> dict[str, Any] | None:
+        return self.videos.get(media_id)
+
+    async def _video_init(self, _r: Request, rec: Recorded, _m: str | None, _u: Any) -> Response:
+        body = rec.json()
+        if body.get("media_category") != "tweet_video" or "total_bytes" not in body:
+            return self._invalid("media_category tweet_video and total_bytes are required")
+        media_id = self._id()
+        self.videos[media_id] = {
+            "total_bytes": body["total_bytes"],
+            "media_type": body.get("media_type"),
+            "segments": {},
+            "state": None,
+            "polls": 0,
+        }
+        answer = {"id": media_id, "media_key": f"7_{media_id}", "expires_after_secs": 86400}
+        return self._json({"data": answer})
+
+    async def _video_append(self, r: Request, rec: Recorded, _m: str | None, _u: Any) -> Response:
+        session = self._session(r.path_params["id"])
+        fields = x_openapi.multipart_fields(rec.headers.get("content-type", ""), rec.body)
+        if session is None or session["state"] is not None:
+            return self._invalid("no upload session open for this media id")
+        assert fields is not None  # the OpenAPI check read it already
+        session["segments"][int(fields["segment_index"])] = fields["media"]
+        expires = int(self.now().timestamp()) + 86400
+        return self._json({"data": {"expires_at": expires}})
+
+    async def _video_finalize(
+        self, r: Request, _rec: Recorded, _m: str | None, _u: Any
+    ) -> Response:
+        media_id = r.path_params["id"]
+        session = self._session(media_id)
+        if session is None or session["state"] is not None:
+            return self._invalid("no upload session open for this media id")
+        segments = session["segments"]
+        data = b"".join(segments[i] for i in sorted(segments))
+        if sorted(segments) != list(range(len(segments))) or len(data) != session["total_bytes"]:
+            return self._invalid(f"{len(data)} bytes received, {session['total_bytes']} declared")
+        session.update(state="pending", bytes=data)
+        info = {"state": "pending", "check_after_secs": 1}
+        answer = {"id": media_id, "media_key": f"7_{media_id}", "size": len(data)}
+        return self._json(
+            {"data": {**answer, "expires_after_secs": 86400, "processing_info": info}}
+        )
+
+    async def _video_status(
+        self, _r: Request, rec: Recorded, mode: str | None, _u: Any
+    ) -> Response:
+        media_id = rec.param("media_id") or ""
+        session = self._session(media_id)
+        if session is None or session["state"] is None:
+            kind = "https://api.twitter.com/2/problems/resource-not-found"
+            return self.problem(404, "Not Found Error", "no such media", kind)
+        session["polls"] += 1
+        info: dict[str, Any]
+        if mode == "processing_failed" or session["state"] == "failed":
+            session["state"] = "failed"
+            error = {"code": 1, "name": "InvalidMedia", "message": "Unsupported video encoding"}
+            info = {"state": "failed", "progress_percent": 40, "error": error}
+        elif session["polls"] >= self.video_polls:
+            session["state"] = "succeeded"
+            info = {"state": "succeeded", "progress_percent": 100}
+            size = len(session["bytes"])
+            self.media[media_id] = {"media_key": f"7_{media_id}", "size": size, "video": True}
+            self.media[media_id]["bytes"] = session["bytes"]
+        else:
+            session["state"] = "in_progress"
+            info = {"state": "in_progress", "check_after_secs": 2, "progress_percent": 50}
+        answer = {"id": media_id, "media_key": f"7_{media_id}", "processing_info": info}
+        return self._json({"data": answer})
 
     async def _create_tweet(
         self, _r: Request, rec: Recorded, mode: str | None, user: Any

@@ -1,9 +1,10 @@
 """Requests checked against X's own OpenAPI document (``/work/shared/platform-specs``, v2.159):
 the path matches a documented path template and method, every query parameter is declared by the
 operation and its value validates against the parameter's schema (arrays are comma-separated, as
-X's ``style: form, explode: false`` says), required parameters are present, and a JSON body
-validates against the operation's ``requestBody`` schema (jsonschema-rs, Draft 2020-12, with the
-document's ``components`` as the reference target).
+X's ``style: form, explode: false`` says), required parameters are present, and a JSON or
+multipart body validates against the operation's ``requestBody`` schema (jsonschema-rs, Draft
+2020-12, with the document's ``components`` as the reference target; multipart fields are checked
+as strings, file parts included).
 
 The OAuth token endpoint is not in the document (only its URL, in ``securitySchemes``), so
 :func:`problems` accepts it when the URL matches and checks its form by hand.
@@ -159,10 +160,39 @@ def _body_problems(
     content = request_body.get("content", {})
     if media not in content:
         return [*errors, f"{template}: content type {media!r} not documented"]
+    if media == "multipart/form-data":
+        fields = multipart_fields(content_type, body)
+        if fields is None:
+            return [*errors, f"{template}: an unreadable multipart body"]
+        value = {name: data.decode("latin-1") for name, data in fields.items()}
+        return errors + _schema_problems(content[media]["schema"], value, f"body of {template}")
     if media != "application/json":
-        return [*errors, f"{template}: only JSON bodies are checked, got {media!r}"]
+        return [*errors, f"{template}: only JSON and multipart bodies are checked, got {media!r}"]
     try:
         value = json.loads(body)
     except ValueError:
         return [*errors, f"{template}: the body is not JSON"]
     return errors + _schema_problems(content[media]["schema"], value, f"body of {template}")
+
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
+_NAME = re.compile(rb'[; ]name="([^"]*)"')
+
+
+def multipart_fields(content_type: str, body: bytes) -> dict[str, bytes] | None:
+    """The fields of a ``multipart/form-data`` body by name (RFC 7578); ``None`` when it cannot
+    be read (no boundary, a part without headers or name, no closing delimiter)."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return None
+    parts = body.split(b"--" + found.group(1).encode("latin-1"))
+    if len(parts) < 3 or not parts[-1].startswith(b"--"):
+        return None
+    fields: dict[str, bytes] = {}
+    for part in parts[1:-1]:
+        head, sep, value = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        name = _NAME.search(head)
+        if not sep or name is None or not value.endswith(b"\r\n"):
+            return None
+        fields[name.group(1).decode("utf-8")] = value[:-2]
+    return fields
