@@ -108,20 +108,40 @@ class GroupWriter:
         engine = self._make_engine()
         self._started.set()
         try:
-            async with engine.connect() as conn:
-                while True:
+            while True:
+                try:
+                    async with engine.connect() as conn:
+                        await self._drain(conn)
+                    return
+                except Exception as exc:  # no connection: every waiting job gets the error
+                    log.error("writer_connection_failed", error=type(exc).__name__)
                     with self._lock:
-                        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                        if not batch and self._closed:
-                            return
-                        if not batch:
-                            self._wake.clear()
-                    if batch:
-                        await self._commit(conn, batch)
-                    else:
-                        await self._wake.wait()
+                        failed, self._queue = self._queue, []
+                    for queued in failed:
+                        _answer(queued, error=exc)
+                    if not await self._next_jobs():
+                        return  # closed: nothing more will come
         finally:
             await engine.dispose()
+
+    async def _next_jobs(self) -> bool:
+        """Wait until a job is queued (True) or the writer is closed with none left (False)."""
+        assert self._wake is not None
+        while True:
+            with self._lock:
+                if self._queue:
+                    return True
+                if self._closed:
+                    return False
+                self._wake.clear()
+            await self._wake.wait()
+
+    async def _drain(self, conn: AsyncConnection) -> None:
+        """Commit batches as jobs come, until the writer is closed and nothing is queued."""
+        while await self._next_jobs():
+            with self._lock:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            await self._commit(conn, batch)
 
     async def _commit(self, conn: AsyncConnection, batch: list[_Queued]) -> None:
         statement_atomic = conn.dialect.name == "sqlite"

@@ -110,3 +110,21 @@ async def test_closed_writer_refuses(engine) -> None:  # type: ignore[no-untyped
     await writer.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await writer.run(inserting(2))
+
+
+async def test_no_database_fails_the_jobs_instead_of_hanging(tmp_path: Path) -> None:
+    """The writer cannot connect (a directory that does not exist): each job gets the error;
+    once the database is reachable, the next job goes through."""
+    missing = tmp_path / "not-yet" / "w.db"
+    writer = GroupWriter(lambda: db.create_engine(f"sqlite:///{missing}"))
+
+    async def create(conn: AsyncConnection) -> int:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY)"))
+        await conn.execute(text("INSERT INTO t (n) VALUES (1)"))
+        return 1
+
+    with pytest.raises(Exception, match="unable to open database file"):
+        await asyncio.wait_for(writer.run(create), 10)
+    missing.parent.mkdir()
+    assert await asyncio.wait_for(writer.run(create), 10) == 1
+    await writer.aclose()
