@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+import httpx
 import structlog
 
 from adapters import _http, base
@@ -157,6 +158,24 @@ class PageTokens(Generic[P]):
             self._pages[page_id] = self._wrap(fresh)
             self._not_before.pop(page_id, None)
             return self._pages[page_id]
+
+    async def send(
+        self,
+        page_id: str,
+        request: Callable[[P], Awaitable[httpx.Response]],
+        *,
+        refused: Callable[[httpx.Response], bool] = lambda response: response.status_code == 401,
+        needs_refresh_token: bool = False,
+    ) -> httpx.Response:
+        """``request`` with the page's credentials; when the platform ``refused`` the token,
+        refresh once and send again (``needs_refresh_token``: only if the page has one, else
+        the refusal stands). The last answer, whatever its status."""
+        page = await self.get(page_id)
+        response = await request(page)
+        if refused(response) and (page.creds.get("refresh_token") or not needs_refresh_token):
+            page = await self.refresh(page_id, page.token)
+            response = await request(page)
+        return response
 
     def cached(self, page_id: str) -> P | None:
         """The credentials held for ``page_id`` without loading or refreshing (None: none)."""

@@ -145,9 +145,9 @@ class LinkedInAdapter:
         **request: Any,
     ) -> httpx.Response:
         """One ``/rest`` request; a 401 refreshes the token once (if it can) and tries again."""
-        page = await self._page(page_id)
-        for attempt in (1, 2):
-            response = await _http.send(
+
+        async def send(page: auth.Account) -> httpx.Response:
+            return await _http.send(
                 self.client,
                 method,
                 self._api_base + path,
@@ -156,12 +156,10 @@ class LinkedInAdapter:
                 headers=self._headers(page, headers),
                 **request,
             )
-            if response.is_success:
-                return response
-            if response.status_code == 401 and attempt == 1 and page.creds.get("refresh_token"):
-                page = await self._tokens.refresh(page_id, page.token)
-                continue
-            break
+
+        response = await self._tokens.send(page_id, send, needs_refresh_token=True)
+        if response.is_success:
+            return response
         raise auth.classify(response, final=final, now=self._now(), what=what)
 
     async def json(self, page_id: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

@@ -148,13 +148,13 @@ class TikTokAdapter:
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """One authenticated call; ``access_token_invalid`` refreshes once and calls again."""
-        page = await self._tokens.get(page_id)
         content = None if body is None else json.dumps(body).encode()
-        for attempt in (1, 2):
+
+        async def send(page: _Page) -> httpx.Response:
             headers = {"Authorization": f"Bearer {page.token}"}
             if method == "POST":
                 headers["Content-Type"] = tiktok_api.JSON_TYPE
-            response = await _http.send(
+            return await _http.send(
                 self.client,
                 method,
                 self._api_base + path,
@@ -164,16 +164,18 @@ class TikTokAdapter:
                 headers=headers,
                 params=params,
             )
+
+        def refused(response: httpx.Response) -> bool:
             error = tiktok_api.classify(response, final=final, now=self._now(), what=what)
-            if error is None:
-                return tiktok_api.data_of(response, final=final, what=what)
-            if error.code == "access_token_invalid" and attempt == 1:
-                page = await self._tokens.refresh(page_id, page.token)
-                continue
-            if error.code in tiktok_api.WINDOW_CODES:
-                self._capped = True
-            raise error
-        raise AssertionError("unreachable")
+            return error is not None and error.code == "access_token_invalid"
+
+        response = await self._tokens.send(page_id, send, refused=refused)
+        error = tiktok_api.classify(response, final=final, now=self._now(), what=what)
+        if error is None:
+            return tiktok_api.data_of(response, final=final, what=what)
+        if error.code in tiktok_api.WINDOW_CODES:
+            self._capped = True
+        raise error
 
     # --- publishing ---------------------------------------------------------------------------
 

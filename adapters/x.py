@@ -219,8 +219,8 @@ class XAdapter:
         self, page_id: str, method: str, path: str, *, final: bool, what: str, **request: Any
     ) -> httpx.Response:
         """One authenticated request; a 401 refreshes the token once and tries again."""
-        page = await self._tokens.get(page_id)
-        for attempt in (1, 2):
+
+        async def send(page: _Page) -> httpx.Response:
             response = await _http.send(
                 self.client,
                 method,
@@ -233,12 +233,11 @@ class XAdapter:
             seen = _http.rate_limit(response.headers, self._now())
             if seen is not None:
                 self._rate[what] = seen
-            if response.is_success:
-                return response
-            if response.status_code == 401 and attempt == 1:
-                page = await self._tokens.refresh(page_id, page.token)
-                continue
-            break
+            return response
+
+        response = await self._tokens.send(page_id, send)
+        if response.is_success:
+            return response
         if final and response.status_code == 503:
             # X sometimes creates the post and answers 5xx, 503 included (platforms.md §5)
             error = _http.status_error(

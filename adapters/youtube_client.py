@@ -118,9 +118,9 @@ class GoogleClient:
     ) -> httpx.Response:
         """One authenticated request, any status back; a 401 refreshes once and sends again."""
         self.check_quota()
-        page = await self.page(page_id)
-        for attempt in (1, 2):
-            response = await _http.send(
+
+        async def send(page: Page) -> httpx.Response:
+            return await _http.send(
                 self.client,
                 method,
                 url,
@@ -129,10 +129,8 @@ class GoogleClient:
                 headers={**(headers or {}), "Authorization": f"Bearer {page.token}"},
                 **request,
             )
-            if response.status_code != 401 or attempt == 2:
-                return response
-            page = await self.refresh(page_id, page.token)
-        raise AssertionError("unreachable")
+
+        return await self._tokens.send(page_id, send)
 
     async def json(self, page_id: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """A Data API call (``path`` under ``api_base``) answering a JSON object, else the error."""
