@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import shutil
 import signal
 import socket
@@ -164,6 +165,7 @@ class Result:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+    cpu_seconds: float = 0.0  # the server process's user + sys CPU during the phase
 
     def quantile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -174,6 +176,7 @@ class Result:
         return (
             f"{self.name:<34} {n / self.seconds:>8.0f} req/s  p50 {self.quantile(0.5):6.1f} ms  "
             f"p99 {self.quantile(0.99):6.1f} ms  max {self.quantile(1.0):7.1f} ms  "
+            f"server CPU {1000 * self.cpu_seconds / max(n, 1):5.2f} ms/req  "
             f"statuses {dict(self.statuses)}"
         )
 
@@ -250,7 +253,23 @@ async def list_call(conn: Connection, _i: int) -> int:
     return await conn.request("GET", "/api/v1/posts/scheduled?limit=50")
 
 
-async def drive(args: argparse.Namespace, port: int, token: str, pages: list[str]) -> None:
+def process_cpu(pid: int) -> float:
+    """User + sys CPU seconds of process ``pid``, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(pid: int, phase: Awaitable[Result]) -> Result:
+    before = process_cpu(pid)
+    result = await phase
+    result.cpu_seconds = process_cpu(pid) - before
+    return result
+
+
+async def drive(
+    args: argparse.Namespace, port: int, token: str, pages: list[str], pid: int
+) -> None:
     conns = [Connection(port, token) for _ in range(args.concurrency)]
     base = datetime.now(UTC)
     key = not args.no_idempotency
@@ -281,8 +300,13 @@ async def drive(args: argparse.Namespace, port: int, token: str, pages: list[str
                 f"list open loop @{args.rate:.0f}/s", list_call, conns, args.seconds, args.rate
             ),
         ]
-        for phase in phases:
-            print((await phase).line(), flush=True)
+        names = ["one", "closed", "open", "list", "list-open"]
+        wanted = set(args.phases.split(","))
+        for name, phase in zip(names, phases, strict=True):
+            if name in wanted:
+                print((await measured(pid, phase)).line(), flush=True)
+            else:
+                phase.close()  # never awaited
     finally:
         for conn in conns:
             conn.close()
@@ -309,6 +333,11 @@ def main() -> None:
     parser.add_argument("--brands", type=int, default=10)
     parser.add_argument("--pages", type=int, default=10, help="pages per brand")
     parser.add_argument("--no-idempotency", action="store_true")
+    parser.add_argument(
+        "--phases",
+        default="one,closed,open,list,list-open",
+        help="comma-separated subset of: one, closed, open, list, list-open",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args()
 
@@ -322,7 +351,7 @@ def main() -> None:
     try:
         wait_ready(port, proc)
         print(f"postd on 127.0.0.1:{port}, SQLite {directory / 'postd.db'}, {len(pages)} pages")
-        asyncio.run(drive(args, port, token, pages))
+        asyncio.run(drive(args, port, token, pages, proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
