@@ -250,9 +250,16 @@ class App:
         self.clock = clock or clock_mod.SystemClock()
         self.engine = db.create_engine(settings.database.url, settings.base_dir)
         self.sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.engine)
+        # The API's reads: inline read-only connections on a SQLite file (db.create_read_engine).
+        self.read_engine = (
+            db.create_read_engine(settings.database.url, settings.base_dir) or self.engine
+        )
+        self.read_sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.read_engine)
         # The API's group commit, on its own thread and engine (daemon/store/writer.py).
         self.writer = writer_mod.GroupWriter(
-            lambda: db.create_engine(settings.database.url, settings.base_dir, pool_size=1)
+            lambda: db.create_engine(
+                settings.database.url, settings.base_dir, pool_size=1, inline=True
+            )
         )
         self.metrics = Metrics()
         self.adapters = (
@@ -538,6 +545,8 @@ class App:
         with contextlib.suppress(Exception):
             await self.writer.aclose()
         self._unwatch_outbox()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
         await self.engine.dispose()
         if self._lock is not None:
             self._lock.release()

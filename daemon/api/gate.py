@@ -312,7 +312,7 @@ class ApiGate:
 
     async def _authenticate(self, scope: Scope, ip: str | None, now: datetime) -> Principal:
         raw = auth.token_from_headers(scope.get("headers", ()))
-        async with self.postd.engine.connect() as conn:
+        async with db.read_engine(self.postd).connect() as conn:
             conn = await conn.execution_options(**self._read_options)
             principal = await tokens.authenticate(conn, raw, ip, now, touch=False)
         pending = self.audit.pending_uses(principal.token_id)

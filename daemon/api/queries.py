@@ -75,7 +75,8 @@ def platform_filter(value: str) -> str:
 async def read_session(app: App) -> AsyncIterator[AsyncSession]:
     """A session for reads only: no transaction around the statements, so on SQLite a read never
     takes the write lock (every transaction there is BEGIN IMMEDIATE)."""
-    async with app.sessions() as session:
+    makers = getattr(app, "read_sessions", None) or app.sessions
+    async with makers() as session:
         await session.connection(execution_options=db.single_read_options(app.engine))
         yield session
 

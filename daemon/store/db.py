@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from daemon import config as config_mod
 from daemon.errors import ConfigError, InstanceLockError, NotMigratedError
+from daemon.store import inline_sqlite
 
 
 def async_url(url: str, base_dir: Path) -> str:
@@ -75,17 +76,61 @@ def single_read_options(engine: AsyncEngine) -> dict[str, Any]:
     return {"isolation_level": "AUTOCOMMIT"}
 
 
-def create_engine(url: str, base_dir: Path = Path("."), *, pool_size: int = 10) -> AsyncEngine:
-    """The one engine of a postd process."""
+def create_engine(
+    url: str, base_dir: Path = Path("."), *, pool_size: int = 10, inline: bool = False
+) -> AsyncEngine:
+    """An engine on the configured database. ``inline`` (SQLite only): its connections run
+    each call on the awaiting thread instead of a thread of their own
+    (:mod:`daemon.store.inline_sqlite`), for a loop that may block."""
     full = async_url(url, base_dir)
     if full.startswith("sqlite"):
-        engine = create_async_engine(full, poolclass=NullPool if ":memory:" in full else None)
+        if ":memory:" in full:
+            engine = create_async_engine(full, poolclass=NullPool)
+        else:
+            # Room for every request in flight to hold a connection: a checkout beyond the pool
+            # and its overflow waits, and an overflow connection is closed when given back.
+            extra: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 6 * pool_size}
+            if inline:
+                extra["async_creator"] = inline_sqlite.creator(full.partition(":///")[2])
+            engine = create_async_engine(full, **extra)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     # No pre-ping: it is a round trip per checkout. A connection that died with the server fails
     # one statement, is invalidated by the pool, and the next attempt reconnects.
     return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size)
+
+
+def _sqlite_read_only(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def create_read_engine(url: str, base_dir: Path = Path(".")) -> AsyncEngine | None:
+    """The API's reads on a SQLite file: inline, read-only connections (None elsewhere: use the
+    main engine).
+
+    A WAL reader never waits for a lock, so running its statements on the daemon's loop cannot
+    stall it behind a writer; what it saves is the round trips to a driver thread (several per
+    statement), which cost more than the statements. ``query_only`` makes a write through it an
+    error rather than a lock wait on the loop."""
+    full = async_url(url, base_dir)
+    if not full.startswith("sqlite") or ":memory:" in full:
+        return None
+    engine = create_engine(url, base_dir, inline=True)
+    event.listen(engine.sync_engine, "connect", _sqlite_read_only)
+    # Never a BEGIN (IMMEDIATE would take the write lock): each statement is its own implicit
+    # read transaction, as with single_read_options() on the main engine.
+    event.remove(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
+
+
+def read_engine(owner: Any) -> AsyncEngine:
+    """The engine for reads with no transaction: ``owner``'s read engine where it has one
+    (:func:`create_read_engine`), else its engine."""
+    engine: AsyncEngine = getattr(owner, "read_engine", None) or owner.engine
+    return engine
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
