@@ -162,26 +162,31 @@ async def schedule_post(
     if check_lead:
         check_time(new.scheduled_at, now, scheduling)
     _check_content(new, page, adapter)
-    at = new.scheduled_at.astimezone(UTC)
-    post = Post(
-        id=ids.new_id(now.timestamp()),
-        page_id=page.id,
-        brand_id=page.brand_id,
-        platform=page.platform,
-        state=lifecycle.SCHEDULED,
-        message=new.message,
-        media=list(new.media),
-        first_comment=new.first_comment,
-        options=new.options or {},
-        scheduled_at=at,
-        due_at=at,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
-    )
+    post = Post(**post_values(new, page, now))
     session.add(post)
-    await notify.due(session, at)
+    await notify.due(session, post.due_at)
     return post
+
+
+def post_values(new: NewPost, page: Page, now: datetime) -> dict[str, Any]:
+    """The row of a new scheduled post for ``new`` on ``page`` (checked already)."""
+    at = new.scheduled_at.astimezone(UTC)
+    return {
+        "id": ids.new_id(now.timestamp()),
+        "page_id": page.id,
+        "brand_id": page.brand_id,
+        "platform": page.platform,
+        "state": lifecycle.SCHEDULED,
+        "message": new.message,
+        "media": list(new.media),
+        "first_comment": new.first_comment,
+        "options": new.options or {},
+        "scheduled_at": at,
+        "due_at": at,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def cancel_post(session: AsyncSession, post_id: str, now: datetime) -> Post:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -214,9 +215,36 @@ def _seen(row: Any) -> Seen | None:
 
 async def _read(postd_app: Any, req: Request) -> Seen | None:
     engine = postd_app.engine
-    async with engine.connect() as conn:
+    async with db.read_engine(postd_app).connect() as conn:
         conn = await conn.execution_options(**db.single_read_options(engine))
         return _seen((await conn.execute(select(*_COLUMNS).where(req.where()))).first())
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING key``, built once: executed with the row as
+    parameters its compiled form comes from SQLAlchemy's cache (``.values()`` per call would
+    build and key a new statement every time)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(IdempotencyKey).on_conflict_do_nothing().returning(IdempotencyKey.key)
+
+
+_MINE = and_(
+    IdempotencyKey.token_id == bindparam("m_token"),
+    IdempotencyKey.key == bindparam("m_key"),
+    IdempotencyKey.created_at == bindparam("m_owned"),
+)
+_STORE = (
+    update(IdempotencyKey)
+    .where(_MINE, IdempotencyKey.status.is_(None))
+    .values(
+        status=bindparam("s_status"),
+        response_body=bindparam("s_body"),
+        response_headers=bindparam("s_headers"),
+        locked_until=None,
+    )
+)
+_RELEASE = delete(IdempotencyKey).where(_MINE)
 
 
 async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) -> Outcome:
@@ -234,9 +262,8 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
 
     async def claim(conn: AsyncConnection) -> Outcome | int:
         """The outcome, or the rowcount of a take-over."""
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert(IdempotencyKey).values(token_id=req.token_id, key=req.key, **fields)
-        inserted = await conn.execute(stmt.on_conflict_do_nothing().returning(IdempotencyKey.key))
+        row = {"token_id": req.token_id, "key": req.key, **fields}
+        inserted = await conn.execute(_claim_statement(conn.dialect.name), row)
         if inserted.first() is not None:
             return Outcome(Action.CLAIM, owned=now)
         seen = _seen((await conn.execute(select(*_COLUMNS).where(req.where()))).first())
@@ -279,22 +306,16 @@ async def _acquire(postd_app: Any, req: Request, ttl: timedelta) -> Outcome:
 
 async def _settle(postd_app: Any, req: Request, owned: datetime, captured: Captured) -> None:
     """Store the response (or release the key after a 429) if the row is still ours."""
-    mine = req.where() & (IdempotencyKey.created_at == owned)
-    stmt: Any
-    if captured.status == 429:
-        stmt = delete(IdempotencyKey).where(mine)
-    else:
-        stmt = (
-            update(IdempotencyKey)
-            .where(mine, IdempotencyKey.status.is_(None))
-            .values(
-                status=captured.status,
-                response_body=bytes(captured.body),
-                response_headers=captured.stored_headers(),
-                locked_until=None,
-            )
-        )
-    result = await writer.execute(postd_app, stmt)
+    params: dict[str, Any] = {"m_token": req.token_id, "m_key": req.key, "m_owned": owned}
+    stmt: Any = _RELEASE
+    if captured.status != 429:
+        stmt = _STORE
+        params |= {
+            "s_status": captured.status,
+            "s_body": bytes(captured.body),
+            "s_headers": captured.stored_headers(),
+        }
+    result = await writer.execute(postd_app, stmt, params)
     if result.rowcount != 1:
         log.warning("idempotency_lock_lost", token_id=req.token_id, path=req.path)
 

@@ -39,6 +39,11 @@ log = structlog.get_logger("postd.writer")
 T = TypeVar("T")
 Job = Callable[[AsyncConnection], Awaitable[Any]]
 MAX_BATCH = 256  # jobs per transaction: bounds how long the write lock is held
+_SAVEPOINT, _ROLLBACK_TO, _RELEASE = (
+    "SAVEPOINT postd_job",
+    "ROLLBACK TO SAVEPOINT postd_job",
+    "RELEASE SAVEPOINT postd_job",
+)
 
 
 @dataclass(slots=True)
@@ -148,14 +153,21 @@ class GroupWriter:
         try:
             async with conn.begin():
                 for queued in batch:
+                    if queued.single and statement_atomic:
+                        try:
+                            queued.result = await queued.job(conn)
+                        except Exception as exc:  # undone by SQLite alone
+                            queued.error = exc
+                        continue
+                    # The SAVEPOINT as plain SQL: SQLAlchemy's begin_nested() cost more than the
+                    # jobs themselves (see bench/README.md); nothing here needs its bookkeeping.
+                    await conn.exec_driver_sql(_SAVEPOINT)
                     try:
-                        if queued.single and statement_atomic:
-                            queued.result = await queued.job(conn)
-                            continue
-                        async with conn.begin_nested():
-                            queued.result = await queued.job(conn)
+                        queued.result = await queued.job(conn)
                     except Exception as exc:  # this job's own failure: rolled back alone
                         queued.error = exc
+                        await conn.exec_driver_sql(_ROLLBACK_TO)
+                    await conn.exec_driver_sql(_RELEASE)
         except Exception as exc:  # the transaction itself failed: nothing of it is kept
             log.warning("group_commit_failed", jobs=len(batch), error=type(exc).__name__)
             for queued in batch:
@@ -207,6 +219,8 @@ async def write(
     return await writer.run(job, single=single)
 
 
-async def execute(owner: Any, statement: Executable) -> CursorResult[Any]:
-    """One statement through :func:`write`."""
-    return await write(owner, lambda conn: conn.execute(statement), single=True)
+async def execute(
+    owner: Any, statement: Executable, params: dict[str, Any] | None = None
+) -> CursorResult[Any]:
+    """One statement (with ``params``) through :func:`write`."""
+    return await write(owner, lambda conn: conn.execute(statement, params), single=True)

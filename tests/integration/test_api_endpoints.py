@@ -494,10 +494,10 @@ async def test_a_failed_insert_takes_no_publish_off_the_month(
         assert (await http.post("/posts/schedule", headers=world.token("w"), json=body)).is_success
         assert await publishes() == 1
 
-        async def broken(*_args: Any, **_kwargs: Any) -> None:  # refused inside the insert
+        def broken(*_args: Any, **_kwargs: Any) -> None:  # refused inside the insert's job
             raise InputError("INVALID_DATE", "refused at insert time", field="scheduled_at")
 
-        monkeypatch.setattr(services, "schedule_post", broken)
+        monkeypatch.setattr(services, "post_values", broken)
         body["scheduled_at"] = world.at(120)
         failed = await http.post("/posts/schedule", headers=world.token("w"), json=body)
     assert_error(failed, 400, "INVALID_DATE")
