@@ -167,6 +167,9 @@ class Post(Base):
         Index("ix_posts_state_lease", "state", "lease_expires_at"),
         Index("ix_posts_page_counted", "page_id", "counted_at"),
         Index("ix_posts_brand_counted", "brand_id", "counted_at"),
+        # A brand's scheduled posts around an instant (queries.histories): without it SQLite
+        # reads every brand's scheduled posts in the window through ix_posts_state_due.
+        Index("ix_posts_brand_state_due", "brand_id", "state", "due_at"),
         Index("ix_posts_page_state", "page_id", "state"),
     )
 
