@@ -13,13 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from daemon import config as config_mod
@@ -250,6 +251,26 @@ def paged(key: str, rows: list[dict[str, Any]], limit: int, *sort: str) -> dict[
 # -- guardrail histories ------------------------------------------------------------------------
 
 
+@functools.cache
+def _histories_statement(scheduled: bool, exclude: bool) -> Any:
+    """The query of :func:`histories`, built once per shape (building it cost more than running
+    it)."""
+    lo, hi = bindparam("h_lo", type_=Post.due_at.type), bindparam("h_hi", type_=Post.due_at.type)
+    counted = and_(Post.counted_at.is_not(None), Post.counted_at > lo, Post.counted_at <= hi)
+    pending = and_(
+        Post.state == lifecycle.SCHEDULED,
+        Post.counted_at.is_(None),
+        Post.due_at > lo,
+        Post.due_at <= hi,
+    )
+    stmt = select(Post.page_id, Post.counted_at, Post.due_at).where(
+        Post.brand_id == bindparam("h_brand"), or_(counted, pending) if scheduled else counted
+    )
+    if exclude:
+        stmt = stmt.where(Post.id != bindparam("h_exclude"))
+    return stmt
+
+
 async def histories(
     session: AsyncSession,
     page: Page,
@@ -262,21 +283,11 @@ async def histories(
     """Publish instants in ``(lo, hi]`` on ``page`` and on its whole brand, in one query: every
     post that counts (published, in flight, in doubt: ``counted_at``, as the dispatcher counts
     them) and, with ``scheduled``, every post still scheduled, at its ``due_at``."""
-    counted = and_(Post.counted_at.is_not(None), Post.counted_at > lo, Post.counted_at <= hi)
-    pending = and_(
-        Post.state == lifecycle.SCHEDULED,
-        Post.counted_at.is_(None),
-        Post.due_at > lo,
-        Post.due_at <= hi,
-    )
-    stmt: Any = select(Post.page_id, Post.counted_at, Post.due_at).where(
-        Post.brand_id == page.brand_id, or_(counted, pending) if scheduled else counted
-    )
-    if exclude is not None:
-        stmt = stmt.where(Post.id != exclude)
+    params = {"h_brand": page.brand_id, "h_lo": lo, "h_hi": hi, "h_exclude": exclude}
+    stmt = _histories_statement(scheduled, exclude is not None)
     on_page: list[datetime] = []
     on_brand: list[datetime] = []
-    for page_id, counted_at, due_at in (await session.execute(stmt)).all():
+    for page_id, counted_at, due_at in (await session.execute(stmt, params)).all():
         instant = counted_at if counted_at is not None else due_at
         on_brand.append(instant)
         if page_id == page.id:

@@ -66,6 +66,7 @@ class GroupWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None  # of the writer's loop
+        self._waiting = False  # the writer waits for jobs: the next one must wake it
         self._started = threading.Event()
         self._stopped: asyncio.Future[None] | None = None
         self.batches = 0  # transactions committed (tests and metrics)
@@ -79,12 +80,16 @@ class GroupWriter:
         goes on, so it needs no SAVEPOINT there (two round trips fewer). PostgreSQL aborts the
         whole transaction on any error: there every job gets its SAVEPOINT."""
         queued = _Queued(job, asyncio.get_running_loop().create_future(), single)
+        loop = self._start()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the writer is closed")
             self._queue.append(queued)
-        loop = self._start()
-        loop.call_soon_threadsafe(self._poke)
+            # A busy writer looks at the queue before it waits again: wake it only when it
+            # waits (each wake-up is a cross-thread write and a GIL hand-off).
+            wake, self._waiting = self._waiting, False
+        if wake:
+            loop.call_soon_threadsafe(self._poke)
         result: T = await asyncio.shield(queued.done)
         return result
 
@@ -123,7 +128,8 @@ class GroupWriter:
                     with self._lock:
                         failed, self._queue = self._queue, []
                     for queued in failed:
-                        _answer(queued, error=exc)
+                        queued.error = exc
+                    _answer_all(failed)
                     if not await self._next_jobs():
                         return  # closed: nothing more will come
         finally:
@@ -139,6 +145,7 @@ class GroupWriter:
                 if self._closed:
                     return False
                 self._wake.clear()
+                self._waiting = True
             await self._wake.wait()
 
     async def _drain(self, conn: AsyncConnection) -> None:
@@ -171,13 +178,13 @@ class GroupWriter:
         except Exception as exc:  # the transaction itself failed: nothing of it is kept
             log.warning("group_commit_failed", jobs=len(batch), error=type(exc).__name__)
             for queued in batch:
-                _answer(queued, error=exc)
+                queued.result, queued.error = None, exc
+            _answer_all(batch)
             with contextlib.suppress(Exception):
                 await conn.rollback()
             return
         self.batches += 1
-        for queued in batch:
-            _answer(queued, queued.result, queued.error)
+        _answer_all(batch)
 
     async def aclose(self) -> None:
         """Finish what is queued, then stop the thread."""
@@ -192,19 +199,24 @@ class GroupWriter:
         self._thread = None
 
 
-def _answer(queued: _Queued, result: Any = None, error: BaseException | None = None) -> None:
-    """Settle the caller's future on the caller's loop."""
+def _answer_all(batch: list[_Queued]) -> None:
+    """Settle every job of ``batch`` with its result or error: one hand-off per caller loop."""
+    loops: dict[asyncio.AbstractEventLoop, list[_Queued]] = {}
+    for queued in batch:
+        loops.setdefault(queued.done.get_loop(), []).append(queued)
+    for loop, jobs in loops.items():
 
-    def settle() -> None:
-        if queued.done.done():
-            return
-        if error is not None:
-            queued.done.set_exception(error)
-        else:
-            queued.done.set_result(result)
+        def settle(jobs: list[_Queued] = jobs) -> None:
+            for queued in jobs:
+                if queued.done.done():
+                    continue
+                if queued.error is not None:
+                    queued.done.set_exception(queued.error)
+                else:
+                    queued.done.set_result(queued.result)
 
-    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody to answer
-        queued.done.get_loop().call_soon_threadsafe(settle)
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody to answer
+            loop.call_soon_threadsafe(settle)
 
 
 async def write(
