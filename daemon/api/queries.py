@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from daemon import config as config_mod
 from daemon import lifecycle
@@ -80,6 +82,12 @@ async def read_session(app: App) -> AsyncIterator[AsyncSession]:
     async with makers() as session:
         await session.connection(execution_options=db.single_read_options(app.engine))
         yield session
+
+
+def unindexed(column: Any) -> Any:
+    """``+column``: the same value, but SQLite's planner will not use the column's indexes for a
+    condition on it (https://sqlite.org/optoverview.html#uplus)."""
+    return UnaryExpression(column, operator=custom_op("+"), type_=column.type)
 
 
 # -- cursors ------------------------------------------------------------------------------------

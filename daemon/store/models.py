@@ -170,6 +170,8 @@ class Post(Base):
         # A brand's scheduled posts around an instant (queries.histories): without it SQLite
         # reads every brand's scheduled posts in the window through ix_posts_state_due.
         Index("ix_posts_brand_state_due", "brand_id", "state", "due_at"),
+        # GET /posts/scheduled: pending posts in (scheduled_at, id) order, filtered on the index.
+        Index("ix_posts_scheduled", "scheduled_at", "id", "state", "brand_id"),
         Index("ix_posts_page_state", "page_id", "state"),
     )
 

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, tuple_
 
 from daemon import lifecycle, services
 from daemon.api import errors, posting, queries, schemas
 from daemon.api.routers import ReadPosts, WritePosts, error_responses
 from daemon.api.routers.brands import CURSOR
 from daemon.dispatch import transitions
-from daemon.store import notify
+from daemon.store import db, notify
 from daemon.store.models import Page, Post, PublishAttempt
 from daemon.timefmt import iso, parse_instant
 
@@ -92,19 +92,25 @@ async def list_scheduled(
     cursor: str | None = CURSOR,
 ) -> dict[str, Any]:
     after = queries.decode_cursor(cursor, 2)
+    app = queries.postd(request)
+    state, brand = Post.state, Post.brand_id
+    if page_id is None and db.read_engine(app).dialect.name == "sqlite":
+        # Walk ix_posts_scheduled in order and stop at the page's last row: SQLite's planner
+        # (no statistics) would rather read every pending post of the brands through
+        # ix_posts_brand_state_due and sort them all (300 ms for 100,000 posts). A unary + keeps
+        # a column's own indexes out of its choice (documented SQLite planner control).
+        state, brand = queries.unindexed(state), queries.unindexed(brand)
     # Rows, not ORM objects: the page of posts is only read and turned into JSON.
     stmt: Any = (
         select(*VIEW_COLUMNS)
-        .where(Post.state.in_(PENDING), Post.brand_id.in_(sorted(principal.brand_ids)))
+        .where(state.in_(PENDING), brand.in_(sorted(principal.brand_ids)))
         .order_by(Post.scheduled_at, Post.id)
         .limit(limit + 1)
     )
     if after is not None:
         at = queries.cursor_instant(after[0])
-        stmt = stmt.where(
-            or_(Post.scheduled_at > at, and_(Post.scheduled_at == at, Post.id > after[1]))
-        )
-    async with queries.read_session(queries.postd(request)) as session:
+        stmt = stmt.where(tuple_(Post.scheduled_at, Post.id) > tuple_(at, after[1]))
+    async with queries.read_session(app) as session:
         if page_id is not None:
             await queries.reachable_page(session, principal, page_id)
             stmt = stmt.where(Post.page_id == page_id)
