@@ -3,12 +3,13 @@ list published ones. Publishing now is in :mod:`daemon.api.routers.publish`."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import and_, bindparam, or_, select, tuple_
 
 from daemon import lifecycle, services
 from daemon.api import errors, posting, queries, schemas
@@ -77,6 +78,32 @@ async def schedule_bulk(
     return {"results": results, "scheduled": done, "failed": len(results) - done}
 
 
+@functools.cache
+def _scheduled_statement(walk: bool, after: bool, on_page: bool) -> Any:
+    """The query of GET /posts/scheduled, built once per shape. Rows, not ORM objects: the page
+    of posts is only read and turned into JSON.
+
+    ``walk`` (SQLite, all the token's brands): read ix_posts_scheduled in order and stop at the
+    page's last row. SQLite's planner (no statistics) would rather read every pending post of the
+    brands through ix_posts_brand_state_due and sort them all (300 ms for 100,000 posts); a unary
+    + keeps a column's own indexes out of its choice (documented SQLite planner control)."""
+    state, brand = Post.state, Post.brand_id
+    if walk:
+        state, brand = queries.unindexed(state), queries.unindexed(brand)
+    stmt = (
+        select(*VIEW_COLUMNS)
+        .where(state.in_(PENDING), brand.in_(bindparam("l_brands", expanding=True)))
+        .order_by(Post.scheduled_at, Post.id)
+        .limit(bindparam("l_limit"))
+    )
+    if after:
+        at = bindparam("l_at", type_=Post.scheduled_at.type)
+        stmt = stmt.where(tuple_(Post.scheduled_at, Post.id) > tuple_(at, bindparam("l_id")))
+    if on_page:
+        stmt = stmt.where(Post.page_id == bindparam("l_page"))
+    return stmt
+
+
 @router.get(
     "/posts/scheduled",
     response_model=schemas.ScheduledList,
@@ -93,28 +120,19 @@ async def list_scheduled(
 ) -> dict[str, Any]:
     after = queries.decode_cursor(cursor, 2)
     app = queries.postd(request)
-    state, brand = Post.state, Post.brand_id
-    if page_id is None and db.read_engine(app).dialect.name == "sqlite":
-        # Walk ix_posts_scheduled in order and stop at the page's last row: SQLite's planner
-        # (no statistics) would rather read every pending post of the brands through
-        # ix_posts_brand_state_due and sort them all (300 ms for 100,000 posts). A unary + keeps
-        # a column's own indexes out of its choice (documented SQLite planner control).
-        state, brand = queries.unindexed(state), queries.unindexed(brand)
-    # Rows, not ORM objects: the page of posts is only read and turned into JSON.
-    stmt: Any = (
-        select(*VIEW_COLUMNS)
-        .where(state.in_(PENDING), brand.in_(sorted(principal.brand_ids)))
-        .order_by(Post.scheduled_at, Post.id)
-        .limit(limit + 1)
-    )
+    walk = page_id is None and db.read_engine(app).dialect.name == "sqlite"
+    stmt = _scheduled_statement(walk, after is not None, page_id is not None)
+    params: dict[str, Any] = {
+        "l_brands": sorted(principal.brand_ids),
+        "l_limit": limit + 1,
+        "l_page": page_id,
+    }
     if after is not None:
-        at = queries.cursor_instant(after[0])
-        stmt = stmt.where(tuple_(Post.scheduled_at, Post.id) > tuple_(at, after[1]))
+        params |= {"l_at": queries.cursor_instant(after[0]), "l_id": after[1]}
     async with queries.read_session(app) as session:
         if page_id is not None:
             await queries.reachable_page(session, principal, page_id)
-            stmt = stmt.where(Post.page_id == page_id)
-        rows: list[Any] = list((await session.execute(stmt)).mappings())
+        rows: list[Any] = list((await session.execute(stmt, params)).mappings())
     rows, has_more = queries.split_page(rows, limit)
     last = rows[-1] if has_more else None
     return {
