@@ -15,7 +15,9 @@ each ``--seconds`` long:
 4. list, open loop at ``--rate``.
 
 Every POST carries a fresh Idempotency-Key, as the official SDK sends (``--no-idempotency`` to
-leave it out).
+leave it out). Each phase also prints the server's CPU per request (user + sys of the postd
+process, all threads, from /proc): steadier than req/s on a shared machine. ``--phases`` runs a
+subset (one, closed, open, list, list-open).
 
     /work/venv/bin/python bench/api.py
     /work/venv/bin/python bench/api.py --seconds 5 --concurrency 32 --rate 300
