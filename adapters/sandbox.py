@@ -240,15 +240,24 @@ class SandboxAdapter:
 
     def _commit_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._pending.pop(loop, [])
-        answers: list[base.Published | base.AdapterError] = []
+        answers: list[base.Published | base.AdapterError | None] = [None] * len(batch)
         try:
             with self._transaction() as db:
                 now = self._clock.now()
-                for post, fails, _ in batch:
+                admitted: list[int] = []
+                for index, (post, fails, _) in enumerate(batch):
                     try:
-                        answers.append(self._admit_and_record(db, post, now, fails=fails))
+                        self._admit(db, post, now, fails=fails)
                     except base.AdapterError as exc:
-                        answers.append(exc)
+                        answers[index] = exc
+                    else:
+                        admitted.append(index)
+                posts = [batch[index][0] for index in admitted]
+                remote_ids = self._insert_posts(db, posts, now)
+                for index, post, remote_id in zip(admitted, posts, remote_ids, strict=True):
+                    answers[index] = base.Published(
+                        remote_id, _permalink(post.page_id, remote_id), now
+                    )
         except Exception as exc:  # nothing was recorded: every caller gets the error
             for _, _, future in batch:
                 if not future.done():
@@ -257,14 +266,15 @@ class SandboxAdapter:
         for (_, _, future), answer in zip(batch, answers, strict=True):
             if future.done():  # the caller gave up (timeout): the platform has it anyway
                 continue
-            if isinstance(answer, base.AdapterError):
-                future.set_exception(answer)
-            else:
+            if isinstance(answer, base.Published):
                 future.set_result(answer)
+            else:  # every call is answered above: an error when it was not recorded
+                future.set_exception(answer or RuntimeError("sandbox: call not answered"))
 
-    def _admit_and_record(
+    def _admit(
         self, db: sqlite3.Connection, post: base.PostPayload, now: datetime, *, fails: bool
-    ) -> base.Published:
+    ) -> None:
+        """Raise what the platform answers a call it does not admit; else admit it."""
         retry_after = self._rate_limited(db, post.page_id, now) if self._rate_limit else None
         if retry_after is not None:
             raise base.RetryableError(
@@ -277,8 +287,6 @@ class SandboxAdapter:
             raise base.RetryableError(
                 "sandbox: service unavailable", code="SANDBOX_UNAVAILABLE", http_status=503
             )
-        remote_id = self._insert_post(db, post, now)
-        return base.Published(remote_id, _permalink(post.page_id, remote_id), now)
 
     def _rate_limited(self, db: sqlite3.Connection, page_id: str, now: datetime) -> float | None:
         """Seconds until a slot frees when the page is over its limit; else admit the call."""
@@ -297,29 +305,24 @@ class SandboxAdapter:
         db.execute("INSERT INTO publish_calls (page_id, at) VALUES (?, ?)", (page_id, at))
         return None
 
-    def _insert_post(self, db: sqlite3.Connection, post: base.PostPayload, now: datetime) -> str:
-        media = json.dumps(
-            [{"url": m.url, "kind": m.kind, "mime_type": m.mime_type} for m in post.media]
-        )
-        while True:
-            remote_id = f"sbx_{secrets.token_hex(8)}"
-            try:
-                db.execute(
-                    "INSERT INTO published (remote_id, page_id, post_ref, fingerprint, message,"
-                    " media, published_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        remote_id,
-                        post.page_id,
-                        post.post_id,
-                        post.fingerprint(),
-                        post.message,
-                        media,
-                        _iso(now),
-                    ),
-                )
-            except sqlite3.IntegrityError:  # a remote id collision: draw another
-                continue
-            return remote_id
+    def _insert_posts(
+        self, db: sqlite3.Connection, posts: list[base.PostPayload], now: datetime
+    ) -> list[str]:
+        """Record the admitted calls of one group; return their remote ids. One executemany;
+        on a remote id collision, row by row again, drawing another id where one collides."""
+        at = _iso(now)
+        rows = [
+            (_remote_id(), p.page_id, p.post_id, p.fingerprint(), p.message, _media_json(p), at)
+            for p in posts
+        ]
+        db.execute("SAVEPOINT record")
+        try:
+            db.executemany(_INSERT_PUBLISHED, rows)
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK TO record")
+            rows = [_insert_one(db, row) for row in rows]
+        db.execute("RELEASE record")
+        return [row[0] for row in rows]
 
     async def find_published(
         self,
@@ -492,6 +495,34 @@ class SandboxAdapter:
 
     async def aclose(self) -> None:
         self.close()
+
+
+_INSERT_PUBLISHED = (
+    "INSERT INTO published (remote_id, page_id, post_ref, fingerprint, message, media,"
+    " published_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _remote_id() -> str:
+    return f"sbx_{secrets.token_hex(8)}"
+
+
+def _media_json(post: base.PostPayload) -> str:
+    if not post.media:
+        return "[]"
+    return json.dumps(
+        [{"url": m.url, "kind": m.kind, "mime_type": m.mime_type} for m in post.media]
+    )
+
+
+def _insert_one(db: sqlite3.Connection, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    while True:
+        try:
+            db.execute(_INSERT_PUBLISHED, row)
+        except sqlite3.IntegrityError:  # a remote id collision: draw another
+            row = (_remote_id(), *row[1:])
+            continue
+        return row
 
 
 def _comment(row: tuple[Any, ...]) -> base.Comment:

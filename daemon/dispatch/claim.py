@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -170,10 +171,14 @@ async def claim(
     limits_for: Callable[[str], guardrails.Limits],
     catch_up: timedelta,
     postgres: bool,
+    skip: AbstractSet[str] = frozenset(),
 ) -> ClaimResult:
-    """Run one claiming pass inside the caller's transaction (the caller commits)."""
+    """Run one claiming pass inside the caller's transaction (the caller commits); the posts
+    in ``skip`` are left for a later pass."""
     limits_for = functools.cache(limits_for)  # the same for the whole pass; asked per post
     rows = await _candidates(conn, now, batch, postgres)
+    if skip:
+        rows = [row for row in rows if row["id"] not in skip]
     if not rows:
         return ClaimResult([], [], 0, 0)
     if postgres:

@@ -9,14 +9,16 @@ APScheduler date job; tests call :meth:`Dispatcher.drain` and move a FakeClock i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from adapters import base
 from daemon import clock as clock_mod
@@ -80,12 +82,15 @@ class Dispatcher:
         # One writer at a time in this process: on SQLite a second BEGIN IMMEDIATE would wait in
         # SQLite's busy handler (sleeping up to 100 ms) instead of on this lock.
         self._write_lock = asyncio.Lock()
-        self._finisher = Finisher(sessions, owner, self._write_lock)
+        self._finisher = Finisher(sessions, owner, self._write_lock, then=self._claim_next)
         self._finisher_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._low_water = max(1, settings.dispatch.concurrency // 4)
+        # Labelled children, looked up once (labels() takes a lock and builds a key per call).
+        self._publish_seconds = functools.cache(metrics.publish_seconds.labels)
+        self._outcomes = functools.cache(metrics.outcomes.labels)
         self.last_tick: datetime | None = None
 
     # -- limits -------------------------------------------------------------------------------
@@ -248,52 +253,82 @@ class Dispatcher:
             reconciling = await self._reap(self._free_slots())
             if self._free_slots() <= 0:
                 return PassResult(0, reconciling, 0, 0)
-            result = await self._claim(self._free_slots())
+            async with self._sessions() as session, session.begin():
+                result = await self._claim(await session.connection(), self._free_slots())
+        self._started(result)
+        return PassResult(len(result.claimed), reconciling, len(result.deferred), result.missed)
+
+    def _started(self, result: claim.ClaimResult) -> None:
         for item in result.claimed:
             self._spawn(item)
         for deferral in result.deferred:
             self._metrics.deferrals.labels(deferral.reason).inc()
-        return PassResult(len(result.claimed), reconciling, len(result.deferred), result.missed)
 
-    async def _claim(self, limit: int) -> claim.ClaimResult:
+    async def _claim(
+        self, conn: AsyncConnection, limit: int, skip: AbstractSet[str] = frozenset()
+    ) -> claim.ClaimResult:
         sched = self._settings.scheduling
-        now = self._clock.now()
-        async with self._sessions() as session, session.begin():
-            return await claim.claim(
-                await session.connection(),
-                now=now,
-                owner=self.owner,
-                lease=timedelta(seconds=sched.lease_seconds),
-                limit=limit,
-                # The free slots and a little more, for the posts a guardrail defers: reading
-                # and planning a whole batch to claim a few posts costs more than another pass
-                # (which _settle runs while a pass claims and slots remain).
-                batch=min(self._settings.dispatch.batch_size, limit + max(16, limit // 8)),
-                limits_for=self.limits_for,
-                catch_up=timedelta(seconds=sched.catch_up_seconds),
-                postgres=self._postgres,
-            )
+        return await claim.claim(
+            conn,
+            now=self._clock.now(),
+            owner=self.owner,
+            lease=timedelta(seconds=sched.lease_seconds),
+            limit=limit,
+            # The free slots and a little more, for the posts a guardrail defers: reading
+            # and planning a whole batch to claim a few posts costs more than another pass
+            # (which _settle runs while a pass claims and slots remain).
+            batch=min(self._settings.dispatch.batch_size, limit + max(16, limit // 8)),
+            limits_for=self.limits_for,
+            catch_up=timedelta(seconds=sched.catch_up_seconds),
+            postgres=self._postgres,
+            skip=skip,
+        )
+
+    async def _claim_next(
+        self, session: AsyncSession, outcomes: Sequence[Outcome]
+    ) -> Callable[[], None] | None:
+        """The finisher's next step, in its transaction: claim for the slots its group frees,
+        so that a wave under load costs one transaction (and one sync) instead of two. Left
+        to the pump: the group's own posts (one task per post at a time), the claim when few
+        slots free up, when leases wait to be reconciled (the pump takes those first), and
+        when it fails (the outcomes commit anyway)."""
+        free = self._free_slots() + len(outcomes)
+        if self._stopping or free < self._low_water:
+            return None
+        try:
+            async with session.begin_nested():
+                conn = await session.connection()
+                if await self._expired(conn, self._clock.now(), free):
+                    return None
+                result = await self._claim(conn, free, {o.claimed.post_id for o in outcomes})
+        except Exception:
+            log.exception("dispatch_claim_failed")
+            return None
+        return functools.partial(self._started, result)
+
+    async def _expired(self, conn: AsyncConnection, now: datetime, limit: int) -> list[str]:
+        """Posts whose lease expired, up to ``limit``, this process's in-flight ones excepted.
+        Ids only, and the in-flight ones filtered here rather than by a NOT IN of every id in
+        the query: every pass runs it."""
+        probe = (
+            select(POSTS.c.id)
+            .where(POSTS.c.state == lifecycle.PUBLISHING, POSTS.c.lease_expires_at <= now)
+            .order_by(POSTS.c.lease_expires_at)
+            .limit(limit + len(self._in_flight))
+        )
+        return [pid for pid in await conn.scalars(probe) if pid not in self._in_flight][:limit]
 
     async def _reap(self, limit: int) -> int:
         now = self._clock.now()
         lease = timedelta(seconds=self._settings.scheduling.lease_seconds)
         async with self._sessions() as session, session.begin():
-            # A cheap probe first (every pass runs one): ids only, this process's own in-flight
-            # posts filtered here rather than by a NOT IN of every id in the query.
-            probe = (
-                select(POSTS.c.id)
-                .where(POSTS.c.state == lifecycle.PUBLISHING, POSTS.c.lease_expires_at <= now)
-                .order_by(POSTS.c.lease_expires_at)
-                .limit(limit + len(self._in_flight))
-            )
-            conn = await session.connection()
-            ids = [pid for pid in await conn.scalars(probe) if pid not in self._in_flight]
+            ids = await self._expired(await session.connection(), now, limit)
             if not ids:
                 return 0
             stmt: Any = (
                 select(Post)
                 .where(
-                    Post.id.in_(ids[:limit]),
+                    Post.id.in_(ids),
                     Post.state == lifecycle.PUBLISHING,
                     Post.lease_expires_at <= now,
                 )
@@ -364,7 +399,8 @@ class Dispatcher:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         post_id = task.get_name().removeprefix("publish-")
-        self._in_flight.pop(post_id, None)
+        if self._in_flight.get(post_id) is task:  # (a newer task of the post keeps its slot)
+            del self._in_flight[post_id]
         # A pass costs about the same whether it claims one post or many: under load, claim
         # once a quarter of the slots is free rather than after every publish.
         if not self._in_flight or self._free_slots() >= self._low_water:
@@ -390,8 +426,8 @@ class Dispatcher:
     def _observe(self, item: ClaimedPost, outcome: Outcome) -> None:
         started = outcome.started_at or item.attempt_started_at
         seconds = (outcome.finished_at - started).total_seconds()
-        self._metrics.publish_seconds.labels(item.platform).observe(max(seconds, 0.0))
-        self._metrics.outcomes.labels(outcome.kind).inc()
+        self._publish_seconds(item.platform).observe(max(seconds, 0.0))
+        self._outcomes(outcome.kind).inc()
         if outcome.error_class:
             self._metrics.adapter_errors.labels(item.platform, outcome.error_class).inc()
         for tried in outcome.extra_tries:

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import Table, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import base
 from daemon import lifecycle
-from daemon.dispatch import plan
+from daemon.dispatch import plan, rawsql
 from daemon.dispatch.outcomes import ClaimedPost, Outcome, TryRecord
 from daemon.store.models import Brand, OutboxEvent, Page, Post, PublishAttempt
 
@@ -31,6 +31,9 @@ Row = dict[str, Any]
 POSTS = cast(Table, Post.__table__)
 ATTEMPTS = cast(Table, PublishAttempt.__table__)
 PAGES = cast(Table, Page.__table__)
+OUTBOX = cast(Table, OutboxEvent.__table__)
+OUTBOX_COLUMNS = ("event", "post_id", "user_id", "brand_id", "created_at", "payload")
+STARTED_COLUMNS = ("post_id", "number", "instance", "started_at", "outcome")
 VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(lifecycle.PostView))
 # What a claim, a transition and an event need of a post.
 POST_COLUMNS = tuple(
@@ -65,18 +68,13 @@ async def update_rows(
     conn: AsyncConnection, table: Any, changes: Sequence[tuple[Any, Row]]
 ) -> None:
     """Write ``(primary key, {column: value})`` pairs: one executemany per set of columns."""
-    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
     for key, values in changes:
-        shapes[tuple(sorted(values))].append(
-            {"k_id": key, **{f"v_{name}": value for name, value in values.items()}}
-        )
-    for names, params in shapes.items():
-        stmt = (
-            update(table)
-            .where(table.c.id == bindparam("k_id"))
-            .values({name: bindparam(f"v_{name}", type_=table.c[name].type) for name in names})
-        )
-        await conn.execute(stmt, params)
+        # Changes made by the same code list their columns in the same order: no sort needed
+        # (a different order only costs another statement).
+        shapes[tuple(values)].append((*values.values(), key))
+    for names, rows in shapes.items():
+        await rawsql.update_many(conn, table, names, rows)
 
 
 class Events:
@@ -102,17 +100,17 @@ class Events:
             )
         }
         rows = [
-            {
-                "event": event,
-                "post_id": v.id,
-                "user_id": owners.get(v.brand_id),
-                "brand_id": v.brand_id,
-                "created_at": now,
-                "payload": lifecycle.event_payload(event, v, owners.get(v.brand_id), now),
-            }
+            (
+                event,
+                v.id,
+                owners.get(v.brand_id),
+                v.brand_id,
+                now,
+                lifecycle.event_payload(event, v, owners.get(v.brand_id), now),
+            )
             for event, v, now in self._pending
         ]
-        await conn.execute(insert(OutboxEvent), rows)
+        await rawsql.insert_many(conn, OUTBOX, OUTBOX_COLUMNS, rows)
         written = len(rows)
         self._pending.clear()
         return written
@@ -281,7 +279,7 @@ def claimed(
         first_attempt_at=row["first_attempt_at"] or started_at,
         payload=payload(row, external_id),
         reconcile=reconcile,
-        row=dict(row),
+        row=row,  # the caller's own: not changed after the claim
     )
 
 
@@ -310,19 +308,10 @@ async def claim_rows(
             updated_at=now,
         )
     )
-    started = [
-        {
-            "post_id": row["id"],
-            "number": row["attempts"],
-            "instance": owner,
-            "started_at": now,
-            "outcome": "started",
-        }
-        for row in rows
-    ]
-    # One multi-row insert (RETURNING in parameter order would cost one statement per row on
+    started = [(row["id"], row["attempts"], owner, now, "started") for row in rows]
+    # One executemany (RETURNING in parameter order would cost one statement per row on
     # SQLite), then the new rows' ids: the newest attempt of each post is the one just written.
-    await conn.execute(insert(ATTEMPTS), started)
+    await rawsql.insert_many(conn, ATTEMPTS, STARTED_COLUMNS, started)
     attempt_ids = await latest_attempts(conn, [row["id"] for row in rows])
     pages = await external_ids(conn, {row["page_id"] for row in rows})
     return [claimed(row, attempt_ids[row["id"]], now, pages.get(row["page_id"])) for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -205,6 +206,42 @@ async def test_rate_limit_holds_across_instances(make_sandbox: MakeSandbox) -> N
 
     with pytest.raises(base.RetryableError, match="too many"):
         await make_sandbox(rate_limit_per_minute=1).publish(_post("b"))
+
+
+async def test_one_group_commit_answers_each_call_its_own_way(
+    make_sandbox: MakeSandbox,
+) -> None:
+    """Calls of one loop iteration share a commit; a refused call does not sink the others."""
+    adapter = make_sandbox(rate_limit_per_minute=1)
+
+    answers = await asyncio.gather(
+        adapter.publish(_post("a")),
+        adapter.publish(_post("b")),  # same page, over the limit
+        adapter.publish(_post("c", page_id="page_2")),
+        return_exceptions=True,
+    )
+
+    assert isinstance(answers[0], base.Published)
+    assert isinstance(answers[1], base.RetryableError)
+    assert isinstance(answers[2], base.Published)
+    records = {r.post_ref: r.remote_id for r in adapter.published_records()}
+    assert records == {"a": answers[0].remote_id, "c": answers[2].remote_id}
+
+
+async def test_remote_id_collision_draws_another_id(
+    make_sandbox: MakeSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A taken remote id is drawn again; each call gets the id its record was stored under."""
+    adapter = make_sandbox()
+    first = await adapter.publish(_post("a"))
+    draws = iter([first.remote_id, "sbx_fresh1", first.remote_id, "sbx_fresh2"])
+    monkeypatch.setattr(sandbox, "_remote_id", lambda: next(draws))
+
+    b, c = await asyncio.gather(adapter.publish(_post("b")), adapter.publish(_post("c")))
+
+    assert {b.remote_id, c.remote_id} == {"sbx_fresh1", "sbx_fresh2"}
+    records = {r.post_ref: r.remote_id for r in adapter.published_records()}
+    assert records == {"a": first.remote_id, "b": b.remote_id, "c": c.remote_id}
 
 
 async def test_failure_rate_one_raises_retryable_and_records_nothing(
