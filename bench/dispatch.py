@@ -288,7 +288,7 @@ async def _postd_counts(app: Any) -> dict[str, int]:
 
 async def run_postd(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from daemon import logs
-    from daemon.app import App
+    from daemon.app import App, freeze_heap
     from daemon.clock import SystemClock
     from daemon.store import db
 
@@ -304,6 +304,7 @@ async def run_postd(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         setup_start = time.time()
         await _seed(app, args.n, args.m, brands, datetime.now(UTC) + timedelta(days=1))
         await app.prepare()
+        freeze_heap()  # as `postd run` does once started
         due = time.time() + LEAD_SECONDS
         due_dt = datetime.fromtimestamp(due, UTC)
         await _set_due(app, due_dt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -225,6 +226,15 @@ def instance_id(settings: config.Settings) -> str:
         settings.dispatch.instance_id
         or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     )
+
+
+def freeze_heap() -> None:
+    """Once started, move every object alive (modules, settings, ORM metadata, compiled
+    statements: ~160,000) out of the cyclic garbage collector's reach. Each full collection
+    walked them all: 1.5 s of the loop's time over a burst of 20,000 posts. They live as long as
+    the daemon; objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 class _Server(uvicorn.Server):
@@ -558,6 +568,7 @@ class App:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         await self.start()
+        freeze_heap()
         try:
             await self._stop.wait()
         finally:
