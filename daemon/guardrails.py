@@ -163,6 +163,36 @@ def fits(
     raise AssertionError("unreachable: past the last neighbour plus the longest span, all fits")
 
 
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    """How many publishes lie close to an instant ``t``: on the page within an hour and within a
+    day either side, and within ``min_gap`` either side; on the brand within a day either side
+    (open intervals, ``(t - span, t + span)``; counting a few more is safe, see
+    :func:`surely_fits`)."""
+
+    page_hour: int
+    page_day: int
+    page_gap: int
+    brand_day: int
+
+
+def surely_fits(nearby: Nearby, limits: Limits) -> bool:
+    """Would :func:`fits` allow a publish at ``t``? True only when it must, from counts alone.
+
+    Every window that contains ``t`` lies inside ``(t - span, t + span)``, so with fewer than
+    ``limit`` publishes there each window keeps room for one more; no publish within
+    ``min_gap`` either side keeps the gap. False means "ask :func:`fits`" (with the histories,
+    which also finds the earliest instant that fits), not "does not fit". Lets the API skip
+    reading a busy brand's histories when no limit is close.
+    """
+    return (
+        nearby.page_hour < limits.page.per_hour
+        and nearby.page_day < limits.page.per_24h
+        and nearby.page_gap == 0
+        and nearby.brand_day < limits.brand_per_24h
+    )
+
+
 def check_page_sequence(instants: Sequence[datetime], page: PageLimits) -> list[Violation]:
     """Every publish in ``instants`` (any order) that broke a page rule, ordered by instant."""
     ordered = sorted(instants)

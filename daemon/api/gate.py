@@ -275,7 +275,6 @@ class ApiGate:
         self.app = app
         self.postd = postd_app
         self._trusted = auth.parse_trusted_proxies(postd_app.settings.api.trusted_proxies)
-        self._read_options = db.single_read_options(postd_app.engine)
         # Tests may pass fakes; the daemon uses the real limits and idempotency layers.
         self._admit: Admit = admit or limits.admit
         self._wrap: Wrap = wrap or idempotency.wrap
@@ -312,8 +311,7 @@ class ApiGate:
 
     async def _authenticate(self, scope: Scope, ip: str | None, now: datetime) -> Principal:
         raw = auth.token_from_headers(scope.get("headers", ()))
-        async with db.read_engine(self.postd).connect() as conn:
-            conn = await conn.execution_options(**self._read_options)
+        async with db.reading(self.postd) as conn:
             principal = await tokens.authenticate(conn, raw, ip, now, touch=False)
         pending = self.audit.pending_uses(principal.token_id)
         self.audit.use(principal.token_id, now)

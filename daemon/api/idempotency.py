@@ -214,9 +214,7 @@ def _seen(row: Any) -> Seen | None:
 
 
 async def _read(postd_app: Any, req: Request) -> Seen | None:
-    engine = postd_app.engine
-    async with db.read_engine(postd_app).connect() as conn:
-        conn = await conn.execution_options(**db.single_read_options(engine))
+    async with db.reading(postd_app) as conn:
         return _seen((await conn.execute(select(*_COLUMNS).where(req.where()))).first())
 
 

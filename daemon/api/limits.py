@@ -636,9 +636,7 @@ async def usage(postd_app: Any, user_id: str, tier: str, now: datetime) -> dict[
         UsageCounter.period == month_key(now),
         UsageCounter.bucket.in_((*MONTHLY_BUCKETS, WRITES, REQUESTS)),
     )
-    engine = postd_app.engine
-    async with db.read_engine(postd_app).connect() as conn:
-        conn = await conn.execution_options(**db.single_read_options(engine))
+    async with db.reading(postd_app) as conn:
         counts = {str(bucket): int(count) for bucket, count in await conn.execute(query)}
     return monthly_block(counts, postd_app.settings.tiers.get(tier), now)
 

@@ -2,7 +2,7 @@
 
 The order matters and is the same for /posts/schedule, /posts/schedule/bulk and /posts/publish:
 
-1. every check that can refuse the request, on a read-only session (no write lock on SQLite):
+1. every check that can refuse the request, on a read-only connection (no write lock on SQLite):
    the page and its brand reach, the time (lead and horizon), the content, the guardrails;
 2. the publish is counted in the monthly bucket (``daemon.api.limits.charge_in``), which may
    refuse, and
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import insert as sql_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import base
 from daemon import guardrails, services
@@ -39,7 +39,7 @@ from daemon.api import errors, limits, queries
 from daemon.api.deps import Principal
 from daemon.api.schemas import MAX_TEXT, PublishBody, ScheduleBody
 from daemon.errors import InputError
-from daemon.store import notify, writer
+from daemon.store import db, notify, writer
 from daemon.store.models import Page, Post
 from daemon.timefmt import iso, parse_instant
 
@@ -216,19 +216,24 @@ def guardrail_error(decision: guardrails.Decision) -> errors.ApiError:
 
 
 async def check_fits(
-    session: AsyncSession, app: App, page: Page, at: datetime, exclude: str | None = None
+    session: queries.Reader, app: App, page: Page, at: datetime, exclude: str | None = None
 ) -> None:
     """429 unless a publish at ``at`` fits among the page's and brand's posts around it
-    (published, in flight, scheduled); ``exclude`` leaves a rescheduled post out."""
+    (published, in flight, scheduled); ``exclude`` leaves a rescheduled post out. Counts first:
+    the rows (hundreds on a busy brand) are read only when a limit is close."""
+    limits = app.dispatcher.limits_for(page.platform)
+    near = await queries.nearby(session, page, at, limits.page.min_gap, exclude)
+    if guardrails.surely_fits(near, limits):
+        return
     page_hist, brand_hist = await queries.histories(
         session, page, lo=at - DAY, hi=at + LOOKAHEAD, exclude=exclude
     )
-    decision = guardrails.fits(page_hist, brand_hist, app.dispatcher.limits_for(page.platform), at)
+    decision = guardrails.fits(page_hist, brand_hist, limits, at)
     if not decision.allowed:
         raise guardrail_error(decision)
 
 
-async def check_now(session: AsyncSession, app: App, page: Page, now: datetime) -> None:
+async def check_now(session: queries.Reader, app: App, page: Page, now: datetime) -> None:
     """429 unless a publish now is allowed by what was already published (what the dispatcher
     checks when it claims)."""
     # Another instance's clock may run slightly ahead: count its claim as "now" (as claim does).
@@ -251,8 +256,8 @@ async def prepare(
     app: App, principal: Principal, body: PublishBody, at: datetime | None, now: datetime
 ) -> Draft:
     """Step 1: every check; ``at`` None means "publish now"."""
-    async with queries.read_session(app) as session:
-        page = await queries.reachable_page(session, principal, body.page_id)
+    async with db.reading(app) as conn:
+        page = await queries.reachable_page(conn, principal, body.page_id)
         new = new_post(body, page.id, at or now)
         if at is not None:
             services.check_time(at, now, app.settings.scheduling)
@@ -265,9 +270,9 @@ async def prepare(
             new.options,
         )
         if at is not None:
-            await check_fits(session, app, page, at)
+            await check_fits(conn, app, page, at)
         else:
-            await check_now(session, app, page, now)
+            await check_now(conn, app, page, now)
     return Draft(page, new)
 
 

@@ -16,17 +16,17 @@ import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
-from sqlalchemy import and_, bindparam, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import and_, bindparam, case, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
 from daemon import config as config_mod
-from daemon import lifecycle
+from daemon import guardrails, lifecycle
 from daemon.api.deps import Principal
 from daemon.api.errors import ApiError
 from daemon.errors import InputError
@@ -49,6 +49,8 @@ SHORT_CODES = {
 _BY_CODE = {code.lower(): name for name, code in SHORT_CODES.items()}
 
 T = TypeVar("T")
+# Where the reads below run: a session, or a bare connection where no ORM object is needed.
+Reader = AsyncSession | AsyncConnection
 
 
 def postd(request: Request) -> App:
@@ -79,9 +81,12 @@ async def read_session(app: App) -> AsyncIterator[AsyncSession]:
     """A session for reads only: no transaction around the statements, so on SQLite a read never
     takes the write lock (every transaction there is BEGIN IMMEDIATE)."""
     makers = getattr(app, "read_sessions", None) or app.sessions
-    async with makers() as session:
+    session = makers()
+    try:
         await session.connection(execution_options=db.single_read_options(app.engine))
         yield session
+    finally:
+        await db.closing(db.read_engine(app), session)
 
 
 def unindexed(column: Any) -> Any:
@@ -160,11 +165,16 @@ async def reachable_brand(session: AsyncSession, principal: Principal, brand_id:
     return brand
 
 
-async def reachable_page(session: AsyncSession, principal: Principal, page_id: str) -> Page:
-    page = await session.get(Page, page_id)
-    if page is None or page.brand_id not in principal.brand_ids:
+_PAGE = select(*Page.__table__.c).where(Page.id == bindparam("page_id"))
+
+
+async def reachable_page(session: Reader, principal: Principal, page_id: str) -> Page:
+    """The page, read as a row and returned detached (the ORM's identity-map lookup cost a tenth
+    of a schedule); change it in a session of your own."""
+    row = (await session.execute(_PAGE, {"page_id": page_id})).first()
+    if row is None or row.brand_id not in principal.brand_ids:
         raise ApiError("NOT_FOUND", f"No page {page_id!r}", field="page_id")
-    return page
+    return Page(**row._mapping)
 
 
 async def reachable_post(
@@ -259,11 +269,13 @@ def paged(key: str, rows: list[dict[str, Any]], limit: int, *sort: str) -> dict[
 # -- guardrail histories ------------------------------------------------------------------------
 
 
-@functools.cache
-def _histories_statement(scheduled: bool, exclude: bool) -> Any:
-    """The query of :func:`histories`, built once per shape (building it cost more than running
-    it)."""
-    lo, hi = bindparam("h_lo", type_=Post.due_at.type), bindparam("h_hi", type_=Post.due_at.type)
+def _instant(name: str) -> Any:
+    return bindparam(name, type_=Post.due_at.type)
+
+
+def _counting(lo: Any, hi: Any, scheduled: bool, exclude: bool) -> Any:
+    """The posts of :func:`histories`: of brand ``h_brand``, counted in ``(lo, hi]`` (published,
+    in flight, in doubt) or, with ``scheduled``, still scheduled in it."""
     counted = and_(Post.counted_at.is_not(None), Post.counted_at > lo, Post.counted_at <= hi)
     pending = and_(
         Post.state == lifecycle.SCHEDULED,
@@ -271,16 +283,60 @@ def _histories_statement(scheduled: bool, exclude: bool) -> Any:
         Post.due_at > lo,
         Post.due_at <= hi,
     )
-    stmt = select(Post.page_id, Post.counted_at, Post.due_at).where(
+    where = and_(
         Post.brand_id == bindparam("h_brand"), or_(counted, pending) if scheduled else counted
     )
-    if exclude:
-        stmt = stmt.where(Post.id != bindparam("h_exclude"))
-    return stmt
+    return and_(where, Post.id != bindparam("h_exclude")) if exclude else where
+
+
+@functools.cache
+def _histories_statement(scheduled: bool, exclude: bool) -> Any:
+    """The query of :func:`histories`, built once per shape (building it cost more than running
+    it)."""
+    where = _counting(_instant("h_lo"), _instant("h_hi"), scheduled, exclude)
+    return select(Post.page_id, Post.counted_at, Post.due_at).where(where)
+
+
+@functools.cache
+def _nearby_statement(exclude: bool) -> Any:
+    """The query of :func:`nearby`: four counts in one pass over the brand's day either side."""
+    instant = func.coalesce(Post.counted_at, Post.due_at)
+    on_page = Post.page_id == bindparam("n_page")
+
+    def within(lo: str, hi: str) -> Any:
+        hit = and_(on_page, instant > _instant(lo), instant < _instant(hi))
+        return func.coalesce(func.sum(case((hit, 1), else_=0)), 0)
+
+    return select(
+        within("n_hour_lo", "n_hour_hi"),
+        func.coalesce(func.sum(case((on_page, 1), else_=0)), 0),
+        within("n_gap_lo", "n_gap_hi"),
+        func.count(),
+    ).where(_counting(_instant("h_lo"), _instant("h_hi"), True, exclude))
+
+
+async def nearby(
+    session: Reader, page: Page, at: datetime, min_gap: timedelta, exclude: str | None
+) -> guardrails.Nearby:
+    """The publishes close to ``at`` (every post :func:`histories` counts), counted by the
+    database: for :func:`guardrails.surely_fits`, which spares reading the rows."""
+    params = {
+        "h_brand": page.brand_id,
+        "h_lo": at - guardrails.DAY,
+        "h_hi": at + guardrails.DAY,
+        "h_exclude": exclude,
+        "n_page": page.id,
+        "n_hour_lo": at - guardrails.HOUR,
+        "n_hour_hi": at + guardrails.HOUR,
+        "n_gap_lo": at - min_gap,
+        "n_gap_hi": at + min_gap,
+    }
+    row = (await session.execute(_nearby_statement(exclude is not None), params)).one()
+    return guardrails.Nearby(*(int(n) for n in row))
 
 
 async def histories(
-    session: AsyncSession,
+    session: Reader,
     page: Page,
     *,
     lo: datetime,

@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +23,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 from daemon import config as config_mod
@@ -66,6 +74,11 @@ def _sqlite_begin(conn: Connection) -> None:
 
 NO_BEGIN = "postd_single_read"
 
+# Engines whose connections run inline (create_engine(inline=True)), and the read engines
+# (create_read_engine), by their sync engine.
+_INLINE: weakref.WeakSet[Any] = weakref.WeakSet()
+_READ_ONLY: weakref.WeakSet[Any] = weakref.WeakSet()
+
 
 def single_read_options(engine: AsyncEngine) -> dict[str, Any]:
     """Execution options for one read-only statement with no transaction around it: no BEGIN on
@@ -77,7 +90,12 @@ def single_read_options(engine: AsyncEngine) -> dict[str, Any]:
 
 
 def create_engine(
-    url: str, base_dir: Path = Path("."), *, pool_size: int = 10, inline: bool = False
+    url: str,
+    base_dir: Path = Path("."),
+    *,
+    pool_size: int = 10,
+    inline: bool = False,
+    reset_on_return: bool = True,
 ) -> AsyncEngine:
     """An engine on the configured database. ``inline`` (SQLite only): its connections run
     each call on the awaiting thread instead of a thread of their own
@@ -90,9 +108,13 @@ def create_engine(
             # Room for every request in flight to hold a connection: a checkout beyond the pool
             # and its overflow waits, and an overflow connection is closed when given back.
             extra: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 6 * pool_size}
+            if not reset_on_return:
+                extra["pool_reset_on_return"] = None
             if inline:
                 extra["async_creator"] = inline_sqlite.creator(full.partition(":///")[2])
             engine = create_async_engine(full, **extra)
+            if inline:
+                _INLINE.add(engine.sync_engine)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
@@ -118,8 +140,10 @@ def create_read_engine(url: str, base_dir: Path = Path(".")) -> AsyncEngine | No
     full = async_url(url, base_dir)
     if not full.startswith("sqlite") or ":memory:" in full:
         return None
-    engine = create_engine(url, base_dir, inline=True)
+    # Nothing to roll back when a connection goes back to the pool: it never began anything.
+    engine = create_engine(url, base_dir, inline=True, reset_on_return=False)
     event.listen(engine.sync_engine, "connect", _sqlite_read_only)
+    _READ_ONLY.add(engine.sync_engine)
     # Never a BEGIN (IMMEDIATE would take the write lock): each statement is its own implicit
     # read transaction, as with single_read_options() on the main engine.
     event.remove(engine.sync_engine, "begin", _sqlite_begin)
@@ -131,6 +155,41 @@ def read_engine(owner: Any) -> AsyncEngine:
     (:func:`create_read_engine`), else its engine."""
     engine: AsyncEngine = getattr(owner, "read_engine", None) or owner.engine
     return engine
+
+
+def is_inline(engine: AsyncEngine) -> bool:
+    return engine.sync_engine in _INLINE
+
+
+@contextlib.asynccontextmanager
+async def reading(owner: Any) -> AsyncIterator[AsyncConnection]:
+    """A connection of :func:`read_engine` for reads with no transaction around them
+    (:func:`single_read_options`), given back when the block ends."""
+    engine = read_engine(owner)
+    conn = await engine.connect()
+    try:
+        if engine.sync_engine not in _READ_ONLY:  # a read engine needs no options: it never BEGINs
+            conn = await conn.execution_options(**single_read_options(owner.engine))
+        yield conn
+    finally:
+        await closing(engine, conn)
+
+
+async def closing(engine: AsyncEngine, resource: AsyncConnection | AsyncSession) -> None:
+    """Close a connection or session of ``engine``. SQLAlchemy's ``async with`` closes through
+    a new task under ``asyncio.shield`` (so a cancelled caller still returns the connection);
+    an inline connection closes without ever suspending, so it is closed here directly: the
+    task cost more than the read, and while it waited its turn the connection stayed out of
+    the pool, so 64 requests in flight kept opening overflow connections (and their pragmas)
+    and closing them again."""
+    if is_inline(engine):
+        await resource.close()
+    else:
+        await _shielded_close(resource)
+
+
+async def _shielded_close(resource: AsyncConnection | AsyncSession) -> None:
+    await resource.__aexit__(None, None, None)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import guardrails
-from daemon.guardrails import Decision, Limits, PageLimits
+from daemon.guardrails import Decision, Limits, Nearby, PageLimits
 
 AT = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 PAGE = "PAGE_PUBLISH_GUARDRAIL"
@@ -431,3 +431,56 @@ def test_fits_allows_exactly_what_the_audit_accepts(
     instants = boundaries(brand, lim) or [AT]
     for t in data.draw(st.lists(st.sampled_from(instants), max_size=8)):
         assert guardrails.fits(page, brand, lim, t).allowed == fits_oracle(page, brand, lim, t)
+
+
+FB = limits(per_hour=10, per_24h=25, brand=500)  # the seed's Facebook defaults
+
+
+def nearby_of(page: list[datetime], brand: list[datetime], lim: Limits, t: datetime) -> Nearby:
+    """What queries.nearby counts: publishes in the open intervals around t."""
+
+    def within(events: list[datetime], span: timedelta) -> int:
+        return sum(1 for e in events if t - span < e < t + span)
+
+    return Nearby(
+        page_hour=within(page, hrs(1)),
+        page_day=within(page, hrs(24)),
+        page_gap=within(page, lim.page.min_gap),
+        brand_day=within(brand, hrs(24)),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw_page=offsets(-26 * 3600, 26 * 3600, 25),
+    raw_others=offsets(-26 * 3600, 26 * 3600, 25),
+    lim=limits_st,
+    data=st.data(),
+)
+def test_surely_fits_never_allows_what_fits_refuses(
+    raw_page: list[datetime], raw_others: list[datetime], lim: Limits, data: st.DataObject
+) -> None:
+    """The counts-only shortcut of the API says yes only where fits (with the rows) says yes,
+    at the boundary instants where a rule may flip, and says yes when nothing is near."""
+    page, brand = clean_histories(raw_page, raw_others, lim)
+    instants = boundaries(brand, lim) or [AT]
+    for t in data.draw(st.lists(st.sampled_from(instants), max_size=8)):
+        if guardrails.surely_fits(nearby_of(page, brand, lim, t), lim):
+            assert guardrails.fits(page, brand, lim, t).allowed
+
+
+@pytest.mark.parametrize(
+    ("near", "lim", "sure"),
+    [
+        pytest.param(Nearby(0, 0, 0, 0), FB, True, id="nothing-near"),
+        pytest.param(Nearby(9, 24, 0, 499), FB, True, id="one-below-every-limit"),
+        pytest.param(Nearby(10, 10, 0, 10), FB, False, id="hour-full"),
+        pytest.param(Nearby(1, 25, 0, 25), FB, False, id="day-full"),
+        pytest.param(Nearby(1, 1, 1, 1), FB, False, id="neighbour-within-gap"),
+        pytest.param(Nearby(1, 1, 0, 500), FB, False, id="brand-full"),
+        pytest.param(Nearby(0, 0, 0, 0), limits(per_hour=0), False, id="limit-0"),
+    ],
+)
+def test_surely_fits(near: Nearby, lim: Limits, sure: bool) -> None:
+    """True only when every count is below its limit and no neighbour is within the gap."""
+    assert guardrails.surely_fits(near, lim) is sure
