@@ -7,6 +7,7 @@ changes nothing.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -115,30 +116,40 @@ def check_time(at: datetime, now: datetime, scheduling: config_mod.SchedulingSet
         )
 
 
-def _check_content(new: NewPost, page: Page, adapter: base.Adapter | None) -> None:
-    if not (new.message and new.message.strip()) and not new.media:
+def check_content(
+    message: str | None,
+    media: Sequence[dict[str, Any]],
+    first_comment: str | None,
+    page: Page,
+    adapter: base.Adapter | None,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """What a post must hold before it is accepted, for the CLI and the API alike: a message or
+    a media item, texts within the limit, and nothing the page's platform would refuse
+    (``adapter.validate``). InputError with a stable code otherwise."""
+    if not (message and message.strip()) and not media:
         raise InputError(
-            "MISSING_FIELD", "either message or one media item is required", field="message"
+            "MISSING_FIELD", "Either message or one media item is required", field="message"
         )
-    if new.message is not None and len(new.message) > MAX_MESSAGE:
-        raise InputError(
-            "MESSAGE_TOO_LONG",
-            f"message is {len(new.message)} characters; the limit is {MAX_MESSAGE}",
-            field="message",
-        )
+    for field, text in (("message", message), ("first_comment", first_comment)):
+        if text is not None and len(text) > MAX_MESSAGE:
+            raise InputError(
+                "MESSAGE_TOO_LONG",
+                f"{field} is {len(text)} characters; the limit is {MAX_MESSAGE}",
+                field=field,
+            )
     if adapter is None:
         return
     draft = base.PostPayload(
         post_id="draft",
         page_id=page.id,
         platform=page.platform,
-        message=new.message,
+        message=message,
         media=tuple(
-            base.MediaItem(url=str(m.get("src")), kind=str(m.get("type", "photo")))
-            for m in new.media
+            base.MediaItem(url=str(m.get("src")), kind=str(m.get("type", "photo"))) for m in media
         ),
-        first_comment=new.first_comment,
-        options=new.options or {},
+        first_comment=first_comment,
+        options=options or {},
     )
     problems = adapter.validate(draft)
     if problems:
@@ -161,7 +172,7 @@ async def schedule_post(
     page = await get_page(session, new.page_id)
     if check_lead:
         check_time(new.scheduled_at, now, scheduling)
-    _check_content(new, page, adapter)
+    check_content(new.message, new.media, new.first_comment, page, adapter, new.options)
     post = Post(**post_values(new, page, now))
     session.add(post)
     await notify.due(session, post.due_at)

@@ -37,7 +37,7 @@ from adapters import base
 from daemon import guardrails, services
 from daemon.api import errors, limits, queries
 from daemon.api.deps import Principal
-from daemon.api.schemas import MAX_TEXT, PublishBody, ScheduleBody
+from daemon.api.schemas import PublishBody, ScheduleBody
 from daemon.errors import InputError
 from daemon.store import db, notify, writer
 from daemon.store.models import Page, Post
@@ -164,37 +164,12 @@ def check_content(
     adapter: base.Adapter | None,
     options: dict[str, Any] | None = None,
 ) -> None:
-    """The checks :func:`services.schedule_post` makes on content (and the first comment's
-    length), made before anything is counted or written."""
-    if not (message and message.strip()) and not media:
-        raise errors.ApiError(
-            "MISSING_FIELD", "Either message or one media item is required", field="message"
-        )
-    for field, text in (("message", message), ("first_comment", first_comment)):
-        if text is not None and len(text) > MAX_TEXT:
-            raise errors.ApiError(
-                "MESSAGE_TOO_LONG",
-                f"{field} is {len(text)} characters; the limit is {MAX_TEXT}",
-                field=field,
-            )
-    if adapter is None:
-        return
-    draft = base.PostPayload(
-        post_id="draft",
-        page_id=page.id,
-        platform=page.platform,
-        message=message,
-        media=tuple(base.MediaItem(url=str(m["src"]), kind=str(m["type"])) for m in media),
-        first_comment=first_comment,
-        options=options or {},
-    )
-    problems = adapter.validate(draft)
-    if problems:
-        raise errors.ApiError(
-            "INVALID_POST",
-            f"{page.platform} would refuse this post: " + "; ".join(problems),
-            problems=problems,
-        )
+    """:func:`services.check_content` (what ``schedule_post`` checks) as the API's error, made
+    before anything is counted or written."""
+    try:
+        services.check_content(message, media, first_comment, page, adapter, options)
+    except InputError as exc:
+        raise errors.from_input(exc) from None
 
 
 # -- guardrails ---------------------------------------------------------------------------------
