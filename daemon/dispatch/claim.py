@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -172,9 +172,11 @@ async def claim(
     catch_up: timedelta,
     postgres: bool,
     skip: AbstractSet[str] = frozenset(),
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
 ) -> ClaimResult:
     """Run one claiming pass inside the caller's transaction (the caller commits); the posts
-    in ``skip`` are left for a later pass."""
+    in ``skip`` are left for a later pass. ``meanwhile``: see :func:`transitions.claim_rows`
+    (run only if some post is claimed)."""
     limits_for = functools.cache(limits_for)  # the same for the whole pass; asked per post
     rows = await _candidates(conn, now, batch, postgres)
     if skip:
@@ -195,7 +197,9 @@ async def claim(
     actions = plan.plan_batch(
         [_candidate(r) for r in rows], page_hist, brand_hist, busy, limits_for, now, catch_up
     )
-    return await _apply(conn, rows, actions, now=now, owner=owner, lease=lease, limit=limit)
+    return await _apply(
+        conn, rows, actions, now=now, owner=owner, lease=lease, limit=limit, meanwhile=meanwhile
+    )
 
 
 def _candidate(row: Row) -> plan.Candidate:
@@ -218,6 +222,7 @@ async def _apply(
     owner: str,
     lease: timedelta,
     limit: int,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
 ) -> ClaimResult:
     by_id = {row["id"]: row for row in rows}
     to_claim: list[Row] = []
@@ -243,6 +248,8 @@ async def _apply(
             events.emit(row, now)
             missed += 1
     await transitions.update_rows(conn, POSTS, changes)
-    claimed = await transitions.claim_rows(conn, to_claim, now=now, owner=owner, until=now + lease)
+    claimed = await transitions.claim_rows(
+        conn, to_claim, now=now, owner=owner, until=now + lease, meanwhile=meanwhile
+    )
     await events.write(conn)
     return ClaimResult(claimed, deferred, missed, len(rows))

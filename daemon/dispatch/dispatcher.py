@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +24,7 @@ from adapters import base
 from daemon import clock as clock_mod
 from daemon import guardrails, lifecycle, timefmt
 from daemon.config import Settings
-from daemon.dispatch import claim, transitions
+from daemon.dispatch import claim, transitions, tuning
 from daemon.dispatch.finisher import Finisher
 from daemon.dispatch.outcomes import ClaimedPost, Outcome
 from daemon.dispatch.pipeline import Pipeline
@@ -92,6 +92,9 @@ class Dispatcher:
         self._publish_seconds = functools.cache(metrics.publish_seconds.labels)
         self._outcomes = functools.cache(metrics.outcomes.labels)
         self.last_tick: datetime | None = None
+        # The outcome log, bound once per finisher group: the module's logger is a lazy proxy
+        # that binds (and builds a logger) on every call.
+        self._outcome_log: tuple[int, Any] = (-1, log)
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -254,7 +257,9 @@ class Dispatcher:
             if self._free_slots() <= 0:
                 return PassResult(0, reconciling, 0, 0)
             async with self._sessions() as session, session.begin():
-                result = await self._claim(await session.connection(), self._free_slots())
+                conn = await session.connection()
+                await tuning.for_dispatch(conn)
+                result = await self._claim(conn, self._free_slots())
         self._started(result)
         return PassResult(len(result.claimed), reconciling, len(result.deferred), result.missed)
 
@@ -265,7 +270,11 @@ class Dispatcher:
             self._metrics.deferrals.labels(deferral.reason).inc()
 
     async def _claim(
-        self, conn: AsyncConnection, limit: int, skip: AbstractSet[str] = frozenset()
+        self,
+        conn: AsyncConnection,
+        limit: int,
+        skip: AbstractSet[str] = frozenset(),
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> claim.ClaimResult:
         sched = self._settings.scheduling
         return await claim.claim(
@@ -282,10 +291,14 @@ class Dispatcher:
             catch_up=timedelta(seconds=sched.catch_up_seconds),
             postgres=self._postgres,
             skip=skip,
+            meanwhile=meanwhile,
         )
 
     async def _claim_next(
-        self, session: AsyncSession, outcomes: Sequence[Outcome]
+        self,
+        session: AsyncSession,
+        outcomes: Sequence[Outcome],
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> Callable[[], None] | None:
         """The finisher's next step, in its transaction: claim for the slots its group frees,
         so that a wave under load costs one transaction (and one sync) instead of two. Left
@@ -300,7 +313,8 @@ class Dispatcher:
                 conn = await session.connection()
                 if await self._expired(conn, self._clock.now(), free):
                     return None
-                result = await self._claim(conn, free, {o.claimed.post_id for o in outcomes})
+                skip = {o.claimed.post_id for o in outcomes}
+                result = await self._claim(conn, free, skip, meanwhile)
         except Exception:
             log.exception("dispatch_claim_failed")
             return None
@@ -421,7 +435,14 @@ class Dispatcher:
             log.error("outcome_not_recorded", post_id=item.post_id, outcome=outcome.kind)
             return
         if applied:
-            _log_outcome(item, outcome)
+            _log_outcome(self._group_log(), item, outcome)
+
+    def _group_log(self) -> Any:
+        group, bound = self._outcome_log
+        if group != self._finisher.groups:
+            bound = log.bind()
+            self._outcome_log = (self._finisher.groups, bound)
+        return bound
 
     def _observe(self, item: ClaimedPost, outcome: Outcome) -> None:
         started = outcome.started_at or item.attempt_started_at
@@ -453,7 +474,7 @@ class Dispatcher:
                 return await self.next_wake()
 
 
-def _log_outcome(item: ClaimedPost, outcome: Outcome) -> None:
+def _log_outcome(log: Any, item: ClaimedPost, outcome: Outcome) -> None:
     fields: dict[str, Any] = {
         "post_id": item.post_id,
         "page_id": item.page_id,

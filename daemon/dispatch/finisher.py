@@ -20,14 +20,16 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from daemon.dispatch import transitions
+from daemon.dispatch import transitions, tuning
 from daemon.dispatch.outcomes import Outcome
 
 log = structlog.get_logger("postd.dispatch")
 MAX_GROUP = 1024  # a whole wave (dispatch.concurrency is at most 1024): one commit
-# A step run in the group's transaction once its outcomes are applied, given the group; it
-# returns what to do once that transaction is committed (None: nothing).
-Then = Callable[[AsyncSession, Sequence[Outcome]], Awaitable[Callable[[], None] | None]]
+# A step run in the group's transaction once its outcomes are applied, given the group and work
+# it may run while one of its statements executes (see transitions.claim_rows); it returns
+# what to do once that transaction is committed (None: nothing).
+Meanwhile = Callable[[], Awaitable[None]]
+Then = Callable[[AsyncSession, Sequence[Outcome], Meanwhile], Awaitable[Callable[[], None] | None]]
 
 
 class Finisher:
@@ -45,6 +47,7 @@ class Finisher:
         self._then = then
         self._queue: asyncio.Queue[tuple[Outcome, asyncio.Future[bool]]] = asyncio.Queue()
         self.committed = 0
+        self.groups = 0  # groups flushed (committed or not)
 
     async def submit(self, outcome: Outcome) -> bool:
         """Return once the outcome is committed: True if it was applied, False if its claim had
@@ -62,6 +65,7 @@ class Finisher:
             await self.flush(group)
 
     async def flush(self, group: Sequence[tuple[Outcome, asyncio.Future[bool]]]) -> None:
+        self.groups += 1
         outcomes = [outcome for outcome, _ in group]
         try:
             lost, after = await self._write(outcomes)
@@ -95,7 +99,15 @@ class Finisher:
     ) -> tuple[list[Outcome], Callable[[], None] | None]:
         async with self._write_lock, self._sessions() as session, session.begin():
             conn = await session.connection()
+            await tuning.for_dispatch(conn)
             lock = conn.dialect.name == "postgresql"
-            lost = await transitions.apply(conn, outcomes, self._owner, lock=lock)
-            after = await self._then(session, outcomes) if self._then else None
+            # The outcomes' outbox events are written last: their rows are built while the next
+            # step's claim runs its UPDATE (if it claims anything), else just before the write.
+            events = transitions.Events()
+            lost = await transitions.apply(conn, outcomes, self._owner, lock=lock, events=events)
+            await events.prepare(conn)
+            after = None
+            if self._then is not None:
+                after = await self._then(session, outcomes, lambda: events.build(conn.dialect))
+            await events.write(conn)
         return lost, after

@@ -63,6 +63,16 @@ def _compile(stmt: ClauseElement, names: Sequence[str], dialect: Dialect) -> _Pl
     return _Plan(compiled.string, tuple(names.index(name) for name in order), tuple(procs), keys)
 
 
+def _plan(
+    dialect: Dialect, key: Hashable, build: Callable[[], ClauseElement], names: Sequence[str]
+) -> _Plan:
+    cache_key = (key, dialect.name, dialect.paramstyle)
+    plan = _plans.get(cache_key)
+    if plan is None:
+        plan = _plans[cache_key] = _compile(build(), names, dialect)
+    return plan
+
+
 async def executemany(
     conn: AsyncConnection,
     key: Hashable,
@@ -74,12 +84,37 @@ async def executemany(
     row; each row gives the values of ``names`` in that order."""
     if not rows:
         return
-    dialect = conn.dialect
-    cache_key = (key, dialect.name, dialect.paramstyle)
-    plan = _plans.get(cache_key)
-    if plan is None:
-        plan = _plans[cache_key] = _compile(build(), names, dialect)
+    plan = _plan(conn.dialect, key, build, names)
     await conn.exec_driver_sql(plan.sql, plan.params(rows))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An ``executemany`` whose driver parameters are already made (see :func:`prepare_insert`)."""
+
+    sql: str
+    params: list[Any]
+
+    async def run(self, conn: AsyncConnection) -> None:
+        if self.params:
+            await conn.exec_driver_sql(self.sql, self.params)
+
+
+def _insert(table: Table, names: tuple[str, ...]) -> tuple[Hashable, Callable[[], ClauseElement]]:
+    def build() -> ClauseElement:
+        return insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in names})
+
+    return ("insert", table.name, names), build
+
+
+def prepare_insert(
+    dialect: Dialect, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> Prepared:
+    """:func:`insert_many`'s statement and driver parameters, made now and run later (pure
+    Python work: it can be done while the connection runs another statement)."""
+    names = tuple(columns)
+    plan = _plan(dialect, *_insert(table, names), names)
+    return Prepared(plan.sql, plan.params(rows))
 
 
 async def insert_many(
@@ -87,11 +122,7 @@ async def insert_many(
 ) -> None:
     """Insert rows, each the values of ``columns`` in that order."""
     names = tuple(columns)
-
-    def build() -> ClauseElement:
-        return insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in names})
-
-    await executemany(conn, ("insert", table.name, names), build, names, rows)
+    await executemany(conn, *_insert(table, names), names, rows)
 
 
 async def update_many(

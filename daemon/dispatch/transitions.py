@@ -9,13 +9,15 @@ and flushing ORM objects cost several times what the publish itself costs.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, literal, select, update
+from sqlalchemy import Table, event, func, insert, literal, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import base
@@ -79,40 +81,73 @@ async def update_rows(
 
 class Events:
     """The outbox events of one transaction, written together by :meth:`write` (one query for
-    the brands' owners, one multi-row insert) before the transaction commits."""
+    the brands' owners, one multi-row insert) before the transaction commits.
+
+    Their rows (payloads, JSON, driver parameters) are pure Python work: :meth:`build` makes
+    them ahead of :meth:`write`, once :meth:`prepare` has read the owners, so that a caller can
+    run it while the connection executes another statement of the transaction."""
+
+    BUILD_CHUNK = 64  # events built between two yields to the loop (see build)
 
     def __init__(self) -> None:
         self._pending: list[tuple[str, lifecycle.PostView, datetime]] = []
+        self._owners: dict[str, str | None] | None = None
+        self._built: rawsql.Prepared | None = None
 
     def emit(self, row: Mapping[str, Any], now: datetime) -> None:
         """Record the event of the post's (terminal) state, as it is now."""
         self._pending.append((lifecycle.EVENT_FOR_STATE[row["state"]], view_of(row), now))
+        self._built = None
 
-    async def write(self, conn: AsyncConnection) -> int:
+    async def prepare(self, conn: AsyncConnection) -> None:
+        """Read the owners of the events' brands (the one query the rows need)."""
         if not self._pending:
-            return 0
+            self._owners = {}
+            return
         brands = Brand.__table__
         brand_ids = sorted({v.brand_id for _, v, _ in self._pending})
-        owners: dict[str, str | None] = {
+        self._owners = {
             bid: owner
             for bid, owner in await conn.execute(
                 select(brands.c.id, brands.c.owner_id).where(brands.c.id.in_(brand_ids))
             )
         }
-        rows = [
-            (
-                event,
-                v.id,
-                owners.get(v.brand_id),
-                v.brand_id,
-                now,
-                lifecycle.event_payload(event, v, owners.get(v.brand_id), now),
+
+    async def build(self, dialect: Dialect) -> None:
+        """Make the insert's driver parameters (after :meth:`prepare`). Yields to the loop
+        every :attr:`BUILD_CHUNK` events, so that a statement started just before makes its
+        way to the driver meanwhile."""
+        owners = self._owners
+        assert owners is not None, "Events.prepare() first"
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(self._pending), self.BUILD_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            rows.extend(
+                (
+                    event,
+                    v.id,
+                    owners.get(v.brand_id),
+                    v.brand_id,
+                    now,
+                    lifecycle.event_payload(event, v, owners.get(v.brand_id), now),
+                )
+                for event, v, now in self._pending[start : start + self.BUILD_CHUNK]
             )
-            for event, v, now in self._pending
-        ]
-        await rawsql.insert_many(conn, OUTBOX, OUTBOX_COLUMNS, rows)
-        written = len(rows)
+        self._built = rawsql.prepare_insert(dialect, OUTBOX, OUTBOX_COLUMNS, rows)
+
+    async def write(self, conn: AsyncConnection) -> int:
+        if not self._pending:
+            return 0
+        if self._owners is None:
+            await self.prepare(conn)
+        if self._built is None:
+            await self.build(conn.dialect)
+        assert self._built is not None
+        await self._built.run(conn)
+        written = len(self._pending)
         self._pending.clear()
+        self._owners, self._built = None, None
         return written
 
 
@@ -284,16 +319,24 @@ def claimed(
 
 
 async def claim_rows(
-    conn: AsyncConnection, rows: Sequence[Row], *, now: datetime, owner: str, until: datetime
+    conn: AsyncConnection,
+    rows: Sequence[Row],
+    *,
+    now: datetime,
+    owner: str,
+    until: datetime,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
 ) -> list[ClaimedPost]:
     """Claim ``rows`` (scheduled, decided publishable): publishing under ``owner``'s lease until
-    ``until``, one attempt row each."""
+    ``until``, one attempt row each. ``meanwhile``: work that does not use the connection, run
+    while the posts' UPDATE executes (one statement: on SQLite the driver's thread runs it
+    without the GIL, so the loop's Python work and SQLite's proceed side by side)."""
     if not rows:
         return []
     for row in rows:
         row.update(claiming(row, now, owner, until))
     # The same changes as one statement: they differ only by the post's own counters.
-    await conn.execute(
+    claiming_update = conn.execute(
         update(POSTS)
         .where(POSTS.c.id.in_([row["id"] for row in rows]))
         .values(
@@ -308,6 +351,10 @@ async def claim_rows(
             updated_at=now,
         )
     )
+    if meanwhile is None:
+        await claiming_update
+    else:
+        await _alongside(conn, claiming_update, meanwhile)
     started = [(row["id"], row["attempts"], owner, now, "started") for row in rows]
     # One executemany (RETURNING in parameter order would cost one statement per row on
     # SQLite), then the new rows' ids: the newest attempt of each post is the one just written.
@@ -315,6 +362,31 @@ async def claim_rows(
     attempt_ids = await latest_attempts(conn, [row["id"] for row in rows])
     pages = await external_ids(conn, {row["page_id"] for row in rows})
     return [claimed(row, attempt_ids[row["id"]], now, pages.get(row["page_id"])) for row in rows]
+
+
+async def _alongside(
+    conn: AsyncConnection, statement: Awaitable[Any], meanwhile: Callable[[], Awaitable[None]]
+) -> None:
+    """Await ``statement`` (one statement on ``conn``) and run ``meanwhile`` once the statement
+    has been handed to the driver: started earlier, the loop's busy Python would hold back the
+    driver thread's steps up to it (each waits for the GIL)."""
+    handed = asyncio.Event()
+
+    def on_execute(*_args: Any) -> None:
+        handed.set()
+
+    sync_conn = conn.sync_connection
+    assert sync_conn is not None
+    event.listen(sync_conn, "before_cursor_execute", on_execute, once=True)
+    running = asyncio.ensure_future(statement)
+    waiting = asyncio.ensure_future(handed.wait())
+    try:
+        await asyncio.wait((running, waiting), return_when=asyncio.FIRST_COMPLETED)
+        await meanwhile()
+    finally:
+        waiting.cancel()
+        event.remove(sync_conn, "before_cursor_execute", on_execute)  # (fired or not)
+        await running
 
 
 async def latest_attempts(conn: AsyncConnection, post_ids: Iterable[str]) -> dict[str, int]:
@@ -403,11 +475,19 @@ class _AttemptLog:
 
 
 async def apply(
-    conn: AsyncConnection, outcomes: Sequence[Outcome], owner: str, *, lock: bool = False
+    conn: AsyncConnection,
+    outcomes: Sequence[Outcome],
+    owner: str,
+    *,
+    lock: bool = False,
+    events: Events | None = None,
 ) -> list[Outcome]:
     """Apply finished publishes. An outcome applies only to the claim it came from: the post is
     still publishing under this instance's lease *and* its latest attempt is the outcome's. Others
-    (the post was reconciled and claimed again meanwhile) are skipped and returned."""
+    (the post was reconciled and claimed again meanwhile) are skipped and returned.
+
+    ``events``: collect the outbox events there, for the caller to write before it commits
+    (default: written here)."""
     ids = sorted({o.claimed.post_id for o in outcomes})
     fence = select(POSTS.c.id, POSTS.c.state, POSTS.c.lease_owner).where(POSTS.c.id.in_(ids))
     if lock:
@@ -423,7 +503,8 @@ async def apply(
         in_doubt = {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
     lost: list[Outcome] = []
     log = _AttemptLog(in_doubt)
-    events = Events()
+    own_events = events is None
+    events = Events() if events is None else events
     post_changes: list[tuple[str, Row]] = []
     reauth: list[tuple[str, Row]] = []
     for outcome in outcomes:
@@ -452,5 +533,6 @@ async def apply(
     await update_rows(conn, POSTS, post_changes)
     await log.write(conn)
     await update_rows(conn, PAGES, reauth)
-    await events.write(conn)
+    if own_events:
+        await events.write(conn)
     return lost
