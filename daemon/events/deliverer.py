@@ -122,6 +122,7 @@ class Deliverer:
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if db.is_sqlite(engine) else None
         self._stopping = False
         self._idle = False
+        self._settling = False  # the pump runs a pass (see idle)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -161,8 +162,10 @@ class Deliverer:
 
     @property
     def idle(self) -> bool:
-        """Nothing in flight, no wake pending, and the last look found nothing to do."""
-        return self._idle and not self._in_flight and not self._wake.is_set()
+        """Nothing in flight, no wake pending, no pass running, and the last look found nothing
+        to do. (Without the pass: a pass that finds nothing still ends with a look, after
+        ``_idle`` was already true.)"""
+        return self._idle and not self._settling and not self._in_flight and not self._wake.is_set()
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
@@ -210,11 +213,14 @@ class Deliverer:
             self._wake.clear()
             if self._stopping:
                 break
+            self._settling = True
             try:
                 await self._settle()
             except Exception:
                 log.exception("webhook_pass_failed")
                 self._arm(self._clock.now() + timedelta(seconds=5))
+            finally:
+                self._settling = False
 
     async def _settle(self) -> None:
         while not self._stopping:
