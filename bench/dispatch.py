@@ -658,7 +658,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="server for a throwaway database")
     parser.add_argument("--skip-naive", action="store_true", help="run postd only")
-    parser.add_argument("--concurrency", type=int, default=512, help="dispatch.concurrency")
+    parser.add_argument("--concurrency", type=int, default=1024, help="dispatch.concurrency")
     parser.add_argument("--batch-size", type=int, default=1000, help="dispatch.batch_size")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="sandbox latency, both")
     parser.add_argument(
