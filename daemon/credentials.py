@@ -152,8 +152,7 @@ class PageCredentials:
         return self._vault
 
     async def load(self, page_id: str) -> Mapping[str, str]:
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(**db.single_read_options(self._engine))
+        async with db.single_read(self._engine) as conn:
             token = (
                 await conn.execute(select(Page.credentials).where(Page.id == page_id))
             ).scalar_one_or_none()

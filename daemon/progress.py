@@ -26,8 +26,7 @@ class DbProgress:
         self._clock = clock
 
     async def get(self, post_id: str, key: str) -> str | None:
-        async with self._engine.connect() as conn:
-            conn = await conn.execution_options(**db.single_read_options(self._engine))
+        async with db.single_read(self._engine) as conn:
             row = await conn.execute(
                 select(AdapterProgress.value).where(
                     AdapterProgress.post_id == post_id, AdapterProgress.key == key

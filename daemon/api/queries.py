@@ -273,9 +273,10 @@ def _instant(name: str) -> Any:
     return bindparam(name, type_=Post.due_at.type)
 
 
-def _counting(lo: Any, hi: Any, scheduled: bool, exclude: bool) -> Any:
-    """The posts of :func:`histories`: of brand ``h_brand``, counted in ``(lo, hi]`` (published,
-    in flight, in doubt) or, with ``scheduled``, still scheduled in it."""
+def _counting(scheduled: bool, exclude: bool) -> Any:
+    """The posts of :func:`histories`: of brand ``h_brand``, counted in ``(h_lo, h_hi]``
+    (published, in flight, in doubt) or, with ``scheduled``, still scheduled in it."""
+    lo, hi = _instant("h_lo"), _instant("h_hi")
     counted = and_(Post.counted_at.is_not(None), Post.counted_at > lo, Post.counted_at <= hi)
     pending = and_(
         Post.state == lifecycle.SCHEDULED,
@@ -293,8 +294,7 @@ def _counting(lo: Any, hi: Any, scheduled: bool, exclude: bool) -> Any:
 def _histories_statement(scheduled: bool, exclude: bool) -> Any:
     """The query of :func:`histories`, built once per shape (building it cost more than running
     it)."""
-    where = _counting(_instant("h_lo"), _instant("h_hi"), scheduled, exclude)
-    return select(Post.page_id, Post.counted_at, Post.due_at).where(where)
+    return select(Post.page_id, Post.counted_at, Post.due_at).where(_counting(scheduled, exclude))
 
 
 @functools.cache
@@ -312,7 +312,7 @@ def _nearby_statement(exclude: bool) -> Any:
         func.coalesce(func.sum(case((on_page, 1), else_=0)), 0),
         within("n_gap_lo", "n_gap_hi"),
         func.count(),
-    ).where(_counting(_instant("h_lo"), _instant("h_hi"), True, exclude))
+    ).where(_counting(True, exclude))
 
 
 async def nearby(

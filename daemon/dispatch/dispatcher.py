@@ -214,9 +214,7 @@ class Dispatcher:
             .where(Post.state == lifecycle.PUBLISHING)
             .scalar_subquery()
         )
-        engine = self._sessions.kw["bind"]
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(**db.single_read_options(engine))
+        async with db.single_read(self._sessions.kw["bind"]) as conn:
             row = (await conn.execute(select(due, lease))).one()
         self.last_tick = self._clock.now()
         return Wake(timefmt.aware(row[0]), timefmt.aware(row[1]))

@@ -199,9 +199,7 @@ class Deliverer:
             self._wake.set()
 
     async def next_wake(self) -> store.Wake:
-        engine = self._engine
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(**db.single_read_options(engine))
+        async with db.single_read(self._engine) as conn:
             wake = await store.next_wake(conn)
         self._idle = wake.idle
         return wake

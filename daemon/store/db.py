@@ -162,17 +162,22 @@ def is_inline(engine: AsyncEngine) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def reading(owner: Any) -> AsyncIterator[AsyncConnection]:
-    """A connection of :func:`read_engine` for reads with no transaction around them
-    (:func:`single_read_options`), given back when the block ends."""
-    engine = read_engine(owner)
+async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection of ``engine`` for reads with no transaction around them
+    (:func:`single_read_options`; a read engine needs none, it never BEGINs), given back when
+    the block ends."""
     conn = await engine.connect()
     try:
-        if engine.sync_engine not in _READ_ONLY:  # a read engine needs no options: it never BEGINs
-            conn = await conn.execution_options(**single_read_options(owner.engine))
+        if engine.sync_engine not in _READ_ONLY:
+            conn = await conn.execution_options(**single_read_options(engine))
         yield conn
     finally:
         await closing(engine, conn)
+
+
+def reading(owner: Any) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+    """:func:`single_read` on ``owner``'s :func:`read_engine`."""
+    return single_read(read_engine(owner))
 
 
 async def closing(engine: AsyncEngine, resource: AsyncConnection | AsyncSession) -> None:
