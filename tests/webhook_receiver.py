@@ -48,7 +48,12 @@ class Receiver:
         self._lock = threading.Condition()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            # shutdown() waits for serve_forever's next poll: 0.5 s by default
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
