@@ -319,11 +319,9 @@ async def _settle(postd_app: Any, req: Request, owned: datetime, captured: Captu
 
 
 async def _heartbeat(postd_app: Any, req: Request, owned: datetime, stop: asyncio.Event) -> None:
-    """Keep the lock of a long request (a video publish) from expiring under it."""
+    """Keep the lock of a long request (a video publish) from expiring under it: a write every
+    HEARTBEAT_SECONDS until ``stop`` is set (the first beat is already due when this starts)."""
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_SECONDS)
-            return
         try:
             beat = (
                 update(IdempotencyKey)
@@ -334,21 +332,44 @@ async def _heartbeat(postd_app: Any, req: Request, owned: datetime, stop: asynci
             await writer.execute(postd_app, beat)
         except Exception:
             log.exception("idempotency_heartbeat_failed", token_id=req.token_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_SECONDS)
+            return
+
+
+class _Beat:
+    """The heartbeat of one request, started only once the request has run HEARTBEAT_SECONDS:
+    almost every request is over long before, and then costs one timer handle, not a task."""
+
+    def __init__(self, postd_app: Any, req: Request, owned: datetime) -> None:
+        self._args = (postd_app, req, owned)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(HEARTBEAT_SECONDS, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(
+            _heartbeat(*self._args, self._stop), name="idempotency-beat"
+        )
+
+    async def stop(self) -> None:
+        self._timer.cancel()
+        self._stop.set()
+        if self._task is not None:
+            await self._task
 
 
 async def _run(
     postd_app: Any, req: Request, owned: datetime, scope: Scope, receive: Receive, inner: ASGIApp
 ) -> Captured:
     """Run the request as the key's owner; its response, captured (a crash becomes a 500)."""
-    captured, stop = Captured(), asyncio.Event()
-    beat = asyncio.create_task(_heartbeat(postd_app, req, owned, stop), name="idempotency-beat")
+    captured, beat = Captured(), _Beat(postd_app, req, owned)
     try:
         await inner(scope, receive, captured)
     except Exception:
         log.exception("idempotent_request_failed", token_id=req.token_id, path=req.path)
     finally:
-        stop.set()
-        await beat
+        await beat.stop()
     if not captured.complete or captured.status is None:
         captured.fail()
     try:
