@@ -265,6 +265,8 @@ class App:
             db.create_read_engine(settings.database.url, settings.base_dir) or self.engine
         )
         self.read_sessions: async_sessionmaker[AsyncSession] = db.sessionmaker(self.read_engine)
+        # db.reading()'s one-statement reads on a SQLite file, without the async layer.
+        self.sync_reads = db.create_sync_reads(settings.database.url, settings.base_dir)
         # The API's group commit, on its own thread and engine (daemon/store/writer.py).
         self.writer = writer_mod.GroupWriter(
             lambda: db.create_engine(
@@ -557,6 +559,8 @@ class App:
         self._unwatch_outbox()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+        if self.sync_reads is not None:
+            self.sync_reads.dispose()
         await self.engine.dispose()
         if self._lock is not None:
             self._lock.release()

@@ -31,6 +31,7 @@ from daemon import config, ids
 from daemon.api import deps
 from daemon.api.errors import ApiError
 from daemon.errors import InputError, NotFoundError
+from daemon.store.db import Reads
 from daemon.store.models import ApiToken, Brand, BrandAuditEntry, Collaborator, User, UTCDateTime
 from daemon.timefmt import iso
 
@@ -732,7 +733,7 @@ _TOUCH = (
 
 
 async def authenticate(
-    db: AsyncSession | AsyncConnection,
+    db: AsyncSession | AsyncConnection | Reads,
     raw_token: str | None,
     client_ip: str | None,
     now: datetime,

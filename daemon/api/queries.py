@@ -50,7 +50,7 @@ _BY_CODE = {code.lower(): name for name, code in SHORT_CODES.items()}
 
 T = TypeVar("T")
 # Where the reads below run: a session, or a bare connection where no ORM object is needed.
-Reader = AsyncSession | AsyncConnection
+Reader = AsyncSession | AsyncConnection | db.Reads
 
 
 def postd(request: Request) -> App:

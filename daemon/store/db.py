@@ -15,14 +15,15 @@ import sqlite3
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -150,6 +151,68 @@ def create_read_engine(url: str, base_dir: Path = Path(".")) -> AsyncEngine | No
     return engine
 
 
+class Reads(Protocol):
+    """What a read needs of a connection: an AsyncConnection, an AsyncSession or a
+    :class:`SyncReads`."""
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def scalars(self, statement: Any, parameters: Any = None) -> Any: ...
+
+
+class SyncReads:
+    """A sync connection behind the async interface the queries use: each call runs to the end
+    before it returns, on the awaiting thread (the event loop's).
+
+    For the API's reads on a SQLite file: a WAL reader never waits for a lock, so the loop
+    never waits for another connection, and a statement is tens of microseconds. SQLAlchemy's
+    async layer (greenlet switch, driver adapter, buffered result) cost ~100 µs per statement
+    more than the statement, three or four times per request (``bench/README.md``)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+    async def scalars(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.scalars(statement, parameters)
+
+
+def create_sync_reads(url: str, base_dir: Path = Path(".")) -> Engine | None:
+    """A sync engine of read-only connections on a SQLite file, for :class:`SyncReads` (None
+    elsewhere). No transaction: each statement is its own implicit read transaction (pysqlite
+    with ``isolation_level=None`` never BEGINs), so nothing to roll back on return either."""
+    full = async_url(url, base_dir)
+    if not full.startswith("sqlite") or ":memory:" in full:
+        return None
+    engine = sqlalchemy.create_engine(
+        full.replace("sqlite+aiosqlite://", "sqlite://", 1),
+        pool_size=4,
+        max_overflow=64,
+        pool_reset_on_return=None,
+        connect_args={"check_same_thread": False},  # dispose() may run on another thread
+    )
+    event.listen(engine, "connect", _sqlite_sync_read_only)
+    return engine
+
+
+def _sqlite_sync_read_only(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+@contextlib.asynccontextmanager
+async def _sync_reading(engine: Engine) -> AsyncIterator[Reads]:
+    with engine.connect() as conn:
+        yield SyncReads(conn)
+
+
 def read_engine(owner: Any) -> AsyncEngine:
     """The engine for reads with no transaction: ``owner``'s read engine where it has one
     (:func:`create_read_engine`), else its engine."""
@@ -175,8 +238,13 @@ async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await closing(engine, conn)
 
 
-def reading(owner: Any) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-    """:func:`single_read` on ``owner``'s :func:`read_engine`."""
+def reading(owner: Any) -> contextlib.AbstractAsyncContextManager[Reads]:
+    """A connection for reads with no transaction: ``owner``'s :class:`SyncReads` on a SQLite
+    file (its ``sync_reads`` engine, :func:`create_sync_reads`), else :func:`single_read` on
+    its :func:`read_engine`."""
+    sync: Engine | None = getattr(owner, "sync_reads", None)
+    if sync is not None:
+        return _sync_reading(sync)
     return single_read(read_engine(owner))
 
 

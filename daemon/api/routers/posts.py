@@ -129,10 +129,10 @@ async def list_scheduled(
     }
     if after is not None:
         params |= {"l_at": queries.cursor_instant(after[0]), "l_id": after[1]}
-    async with queries.read_session(app) as session:
+    async with db.reading(app) as conn:
         if page_id is not None:
-            await queries.reachable_page(session, principal, page_id)
-        rows: list[Any] = list((await session.execute(stmt, params)).mappings())
+            await queries.reachable_page(conn, principal, page_id)
+        rows: list[Any] = list((await conn.execute(stmt, params)).mappings())
     rows, has_more = queries.split_page(rows, limit)
     last = rows[-1] if has_more else None
     return {
