@@ -269,8 +269,9 @@ class App:
         self.sync_reads = db.create_sync_reads(settings.database.url, settings.base_dir)
         # The API's group commit, on its own thread and engine (daemon/store/writer.py).
         self.writer = writer_mod.GroupWriter(
-            lambda: db.create_engine(
-                settings.database.url, settings.base_dir, pool_size=1, inline=True
+            lambda: (
+                db.create_sync_engine(settings.database.url, settings.base_dir)
+                or db.create_engine(settings.database.url, settings.base_dir, pool_size=1)
             )
         )
         self.metrics = Metrics()

@@ -181,6 +181,48 @@ class SyncReads:
         return self._conn.scalars(statement, parameters)
 
 
+class SyncConnection(SyncReads):
+    """:class:`SyncReads` that also writes: what the group writer's jobs and its transaction
+    loop use of an AsyncConnection (``daemon/store/writer.py``), for its SQLite connection on a
+    thread of its own, where a statement may block."""
+
+    __slots__ = ()
+
+    @property
+    def dialect(self) -> Any:
+        return self._conn.dialect
+
+    async def exec_driver_sql(self, statement: str) -> Any:
+        return self._conn.exec_driver_sql(statement)
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[None]:
+        with self._conn.begin():
+            yield
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+
+def create_sync_engine(
+    url: str, base_dir: Path = Path("."), *, pool_size: int = 1
+) -> Engine | None:
+    """A sync engine on a SQLite file with postd's pragmas and ``BEGIN IMMEDIATE`` (None
+    elsewhere), for :class:`SyncConnection`."""
+    full = async_url(url, base_dir)
+    if not full.startswith("sqlite") or ":memory:" in full:
+        return None
+    engine = sqlalchemy.create_engine(
+        full.replace("sqlite+aiosqlite://", "sqlite://", 1),
+        pool_size=pool_size,
+        max_overflow=16 * pool_size,
+        connect_args={"check_same_thread": False},  # dispose() may run on another thread
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
 def create_sync_reads(url: str, base_dir: Path = Path(".")) -> Engine | None:
     """A sync engine of read-only connections on a SQLite file, for :class:`SyncReads` (None
     elsewhere). No transaction: each statement is its own implicit read transaction (pysqlite

@@ -29,11 +29,13 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
-from sqlalchemy import CursorResult, Executable
+from sqlalchemy import CursorResult, Engine, Executable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from daemon.store import db
 
 log = structlog.get_logger("postd.writer")
 T = TypeVar("T")
@@ -56,9 +58,12 @@ class _Queued:
 
 
 class GroupWriter:
-    """See the module docstring. ``make_engine`` builds the writer's own engine, on its thread."""
+    """See the module docstring. ``make_engine`` builds the writer's own engine, on its thread:
+    an AsyncEngine, or on a SQLite file a sync one (:func:`daemon.store.db.create_sync_engine`;
+    its connection is driven through :class:`daemon.store.db.SyncConnection`, without
+    SQLAlchemy's async layer, which cost more than the statements)."""
 
-    def __init__(self, make_engine: Callable[[], AsyncEngine]) -> None:
+    def __init__(self, make_engine: Callable[[], AsyncEngine | Engine]) -> None:
         self._make_engine = make_engine
         self._queue: list[_Queued] = []
         self._lock = threading.Lock()  # guards _queue and _closed between the two threads
@@ -120,8 +125,12 @@ class GroupWriter:
         try:
             while True:
                 try:
-                    async with engine.connect() as conn:
-                        await self._drain(conn)
+                    if isinstance(engine, Engine):
+                        with engine.connect() as sync:
+                            await self._drain(cast(AsyncConnection, db.SyncConnection(sync)))
+                    else:
+                        async with engine.connect() as conn:
+                            await self._drain(conn)
                     return
                 except Exception as exc:  # no connection: every waiting job gets the error
                     log.error("writer_connection_failed", error=type(exc).__name__)
@@ -133,7 +142,10 @@ class GroupWriter:
                     if not await self._next_jobs():
                         return  # closed: nothing more will come
         finally:
-            await engine.dispose()
+            if isinstance(engine, Engine):
+                engine.dispose()
+            else:
+                await engine.dispose()
 
     async def _next_jobs(self) -> bool:
         """Wait until a job is queued (True) or the writer is closed with none left (False)."""

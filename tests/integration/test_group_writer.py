@@ -4,7 +4,9 @@ failing job is rolled back alone, and nothing is answered before its commit."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -12,6 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from daemon.store import db
 from daemon.store.writer import GroupWriter
+
+
+@pytest.fixture(params=["sync", "async"])
+def make(request: pytest.FixtureRequest) -> Callable[[str], Any]:
+    """The writer's engine: sync on SQLite (as the daemon builds it), or SQLAlchemy's async
+    one (as on PostgreSQL)."""
+    if request.param == "sync":
+        return db.create_sync_engine
+    return db.create_engine
 
 
 @pytest.fixture
@@ -36,8 +47,8 @@ def inserting(n: int):  # type: ignore[no-untyped-def]
     return job
 
 
-async def test_concurrent_jobs_share_a_commit(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
+async def test_concurrent_jobs_share_a_commit(engine, make) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(lambda: make(str(engine.url)))
     results = await asyncio.gather(*(writer.run(inserting(n)) for n in range(50)))
     assert results == list(range(50))
     assert await rows(engine) == list(range(50))
@@ -45,8 +56,8 @@ async def test_concurrent_jobs_share_a_commit(engine) -> None:  # type: ignore[n
     await writer.aclose()
 
 
-async def test_a_failing_job_is_rolled_back_alone(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
+async def test_a_failing_job_is_rolled_back_alone(engine, make) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(lambda: make(str(engine.url)))
 
     async def half_then_fail(conn: AsyncConnection) -> None:
         await conn.execute(text("INSERT INTO t (n) VALUES (100)"))
@@ -64,8 +75,8 @@ async def test_a_failing_job_is_rolled_back_alone(engine) -> None:  # type: igno
     await writer.aclose()
 
 
-async def test_a_duplicate_key_fails_only_its_job(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
+async def test_a_duplicate_key_fails_only_its_job(engine, make) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(lambda: make(str(engine.url)))
     outcome = await asyncio.gather(
         writer.run(inserting(7)), writer.run(inserting(7)), return_exceptions=True
     )
@@ -74,10 +85,10 @@ async def test_a_duplicate_key_fails_only_its_job(engine) -> None:  # type: igno
     await writer.aclose()
 
 
-async def test_a_failing_single_statement_fails_alone(engine) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failing_single_statement_fails_alone(engine, make) -> None:  # type: ignore[no-untyped-def]
     """Single-statement jobs run without a SAVEPOINT on SQLite; a failing one still fails
     alone (SQLite undoes the statement, not the transaction)."""
-    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
+    writer = GroupWriter(lambda: make(str(engine.url)))
     insert = "INSERT INTO t (n) VALUES (:n)"
 
     def single(n: int):  # type: ignore[no-untyped-def]
@@ -94,9 +105,9 @@ async def test_a_failing_single_statement_fails_alone(engine) -> None:  # type: 
     await writer.aclose()
 
 
-async def test_answers_come_after_the_commit(engine) -> None:  # type: ignore[no-untyped-def]
+async def test_answers_come_after_the_commit(engine, make) -> None:  # type: ignore[no-untyped-def]
     """When run() returns, another connection sees the write."""
-    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
+    writer = GroupWriter(lambda: make(str(engine.url)))
     for n in range(3):
         await writer.run(inserting(n))
         assert n in await rows(engine)
@@ -104,19 +115,21 @@ async def test_answers_come_after_the_commit(engine) -> None:  # type: ignore[no
     await writer.aclose()
 
 
-async def test_closed_writer_refuses(engine) -> None:  # type: ignore[no-untyped-def]
-    writer = GroupWriter(lambda: db.create_engine(str(engine.url)))
+async def test_closed_writer_refuses(engine, make) -> None:  # type: ignore[no-untyped-def]
+    writer = GroupWriter(lambda: make(str(engine.url)))
     await writer.run(inserting(1))
     await writer.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await writer.run(inserting(2))
 
 
-async def test_no_database_fails_the_jobs_instead_of_hanging(tmp_path: Path) -> None:
+async def test_no_database_fails_the_jobs_instead_of_hanging(
+    tmp_path: Path, make: Callable[[str], Any]
+) -> None:
     """The writer cannot connect (a directory that does not exist): each job gets the error;
     once the database is reachable, the next job goes through."""
     missing = tmp_path / "not-yet" / "w.db"
-    writer = GroupWriter(lambda: db.create_engine(f"sqlite:///{missing}"))
+    writer = GroupWriter(lambda: make(f"sqlite:///{missing}"))
 
     async def create(conn: AsyncConnection) -> int:
         await conn.execute(text("CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY)"))
