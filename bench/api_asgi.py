@@ -10,6 +10,7 @@ stays the end-to-end figure. ``--profile FILE`` writes a cProfile of the loop th
 
     /work/venv/bin/python bench/api_asgi.py                      # schedule, 2,000 requests
     /work/venv/bin/python bench/api_asgi.py --endpoint list --requests 4000
+    /work/venv/bin/python bench/api_asgi.py --rate 300 --requests 2400   # open loop, latency
 """
 
 from __future__ import annotations
@@ -113,6 +114,24 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
         for _ in range(count):
             statuses[await one(next(counter))] += 1
 
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def fire(n: int, due: float) -> None:
+        statuses[await one(n)] += 1
+        latencies.append(loop.time() - due)
+
+    async def open_loop(count: int) -> None:
+        """``count`` requests at ``--rate`` per second, each timed from the instant it was due
+        (as bench/api.py's open loop: no coordinated omission)."""
+        start, fired = loop.time(), []
+        for i in range(count):
+            due = start + i / args.rate
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            fired.append(asyncio.create_task(fire(next(counter), due)))
+        await asyncio.gather(*fired)
+
     try:
         # Warm-up (and, for the list, something to list): a few hundred schedules.
         warm = requests(app, token, pages, "schedule")
@@ -122,7 +141,11 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
         if profile is not None:
             profile.enable()
         wall, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-        await asyncio.gather(*(worker(per_worker) for _ in range(args.concurrency)))
+        if args.rate:
+            per_worker, args.concurrency = args.requests, 1
+            await open_loop(args.requests)
+        else:
+            await asyncio.gather(*(worker(per_worker) for _ in range(args.concurrency)))
         wall = time.perf_counter() - wall
         cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
         if profile is not None:
@@ -131,8 +154,13 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
     finally:
         await app.close()
     n = per_worker * args.concurrency
+    shape = f"open loop at {args.rate:g}/s" if args.rate else f"c={args.concurrency}"
+    if latencies:
+        latencies.sort()
+        at = [latencies[min(n - 1, int(n * q))] * 1000 for q in (0.5, 0.9, 0.99)]
+        shape += f" (latency p50 {at[0]:.1f} p90 {at[1]:.1f} p99 {at[2]:.1f} ms)"
     print(
-        f"{args.endpoint} c={args.concurrency}: {n / wall:.0f} req/s, "
+        f"{args.endpoint} {shape}: {n / wall:.0f} req/s, "
         f"CPU {1000 * cpu / n:.2f} ms/req (loop thread {1000 * loop_cpu / n:.2f}), "
         f"statuses {dict(statuses)}"
     )
@@ -146,6 +174,12 @@ def main() -> None:
     parser.add_argument("--brands", type=int, default=10)
     parser.add_argument("--pages", type=int, default=10, help="pages per brand")
     parser.add_argument("--profile", help="write a cProfile of the loop thread here")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="open loop: send --requests at this many per second (0: closed loop)",
+    )
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="postd-bench-asgi-"))
     try:
