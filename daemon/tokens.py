@@ -31,8 +31,8 @@ from daemon import config, ids
 from daemon.api import deps
 from daemon.api.errors import ApiError
 from daemon.errors import InputError, NotFoundError
-from daemon.store.db import Reads
 from daemon.store.models import ApiToken, Brand, BrandAuditEntry, Collaborator, User, UTCDateTime
+from daemon.store.sync_sqlite import Reads
 from daemon.timefmt import iso
 
 LIVE_PREFIX = "outreply_live_"

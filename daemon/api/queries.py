@@ -32,6 +32,7 @@ from daemon.api.errors import ApiError
 from daemon.errors import InputError
 from daemon.store import db
 from daemon.store.models import Brand, Collaborator, Page, Post
+from daemon.store.sync_sqlite import Reads
 from daemon.timefmt import iso, parse_instant
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ _BY_CODE = {code.lower(): name for name, code in SHORT_CODES.items()}
 
 T = TypeVar("T")
 # Where the reads below run: a session, or a bare connection where no ORM object is needed.
-Reader = AsyncSession | AsyncConnection | db.Reads
+Reader = AsyncSession | AsyncConnection | Reads
 
 
 def postd(request: Request) -> App:

@@ -15,7 +15,7 @@ import sqlite3
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import sqlalchemy
 from alembic import command
@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 from daemon import config as config_mod
 from daemon.errors import ConfigError, InstanceLockError, NotMigratedError
 from daemon.store import inline_sqlite
+from daemon.store.sync_sqlite import Reads, SyncReads
 
 
 def async_url(url: str, base_dir: Path) -> str:
@@ -151,64 +152,11 @@ def create_read_engine(url: str, base_dir: Path = Path(".")) -> AsyncEngine | No
     return engine
 
 
-class Reads(Protocol):
-    """What a read needs of a connection: an AsyncConnection, an AsyncSession or a
-    :class:`SyncReads`."""
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any: ...
-
-    async def scalars(self, statement: Any, parameters: Any = None) -> Any: ...
-
-
-class SyncReads:
-    """A sync connection behind the async interface the queries use: each call runs to the end
-    before it returns, on the awaiting thread (the event loop's).
-
-    For the API's reads on a SQLite file: a WAL reader never waits for a lock, so the loop
-    never waits for another connection, and a statement is tens of microseconds. SQLAlchemy's
-    async layer (greenlet switch, driver adapter, buffered result) cost ~100 µs per statement
-    more than the statement, three or four times per request (``bench/README.md``)."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return self._conn.execute(statement, parameters)
-
-    async def scalars(self, statement: Any, parameters: Any = None) -> Any:
-        return self._conn.scalars(statement, parameters)
-
-
-class SyncConnection(SyncReads):
-    """:class:`SyncReads` that also writes: what the group writer's jobs and its transaction
-    loop use of an AsyncConnection (``daemon/store/writer.py``), for its SQLite connection on a
-    thread of its own, where a statement may block."""
-
-    __slots__ = ()
-
-    @property
-    def dialect(self) -> Any:
-        return self._conn.dialect
-
-    async def exec_driver_sql(self, statement: str) -> Any:
-        return self._conn.exec_driver_sql(statement)
-
-    @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[None]:
-        with self._conn.begin():
-            yield
-
-    async def rollback(self) -> None:
-        self._conn.rollback()
-
-
 def create_sync_engine(
     url: str, base_dir: Path = Path("."), *, pool_size: int = 1
 ) -> Engine | None:
     """A sync engine on a SQLite file with postd's pragmas and ``BEGIN IMMEDIATE`` (None
-    elsewhere), for :class:`SyncConnection`."""
+    elsewhere), for :class:`daemon.store.sync_sqlite.SyncConnection`."""
     full = async_url(url, base_dir)
     if not full.startswith("sqlite") or ":memory:" in full:
         return None

@@ -35,7 +35,7 @@ import structlog
 from sqlalchemy import CursorResult, Engine, Executable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from daemon.store import db
+from daemon.store.sync_sqlite import SyncConnection
 
 log = structlog.get_logger("postd.writer")
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class _Queued:
 class GroupWriter:
     """See the module docstring. ``make_engine`` builds the writer's own engine, on its thread:
     an AsyncEngine, or on a SQLite file a sync one (:func:`daemon.store.db.create_sync_engine`;
-    its connection is driven through :class:`daemon.store.db.SyncConnection`, without
+    its connection is driven through :class:`daemon.store.sync_sqlite.SyncConnection`, without
     SQLAlchemy's async layer, which cost more than the statements)."""
 
     def __init__(self, make_engine: Callable[[], AsyncEngine | Engine]) -> None:
@@ -127,7 +127,7 @@ class GroupWriter:
                 try:
                     if isinstance(engine, Engine):
                         with engine.connect() as sync:
-                            await self._drain(cast(AsyncConnection, db.SyncConnection(sync)))
+                            await self._drain(cast(AsyncConnection, SyncConnection(sync)))
                     else:
                         async with engine.connect() as conn:
                             await self._drain(conn)
