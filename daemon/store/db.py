@@ -152,22 +152,27 @@ def create_read_engine(url: str, base_dir: Path = Path(".")) -> AsyncEngine | No
     return engine
 
 
+def _sync_sqlite(url: str, base_dir: Path, **pool: Any) -> Engine | None:
+    """A pysqlite engine on the configured SQLite file (None elsewhere, or in memory)."""
+    full = async_url(url, base_dir)
+    if not full.startswith("sqlite") or ":memory:" in full:
+        return None
+    return sqlalchemy.create_engine(
+        full.replace("sqlite+aiosqlite://", "sqlite://", 1),
+        connect_args={"check_same_thread": False},  # dispose() may run on another thread
+        **pool,
+    )
+
+
 def create_sync_engine(
     url: str, base_dir: Path = Path("."), *, pool_size: int = 1
 ) -> Engine | None:
     """A sync engine on a SQLite file with postd's pragmas and ``BEGIN IMMEDIATE`` (None
     elsewhere), for :class:`daemon.store.sync_sqlite.SyncConnection`."""
-    full = async_url(url, base_dir)
-    if not full.startswith("sqlite") or ":memory:" in full:
-        return None
-    engine = sqlalchemy.create_engine(
-        full.replace("sqlite+aiosqlite://", "sqlite://", 1),
-        pool_size=pool_size,
-        max_overflow=16 * pool_size,
-        connect_args={"check_same_thread": False},  # dispose() may run on another thread
-    )
-    event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", _sqlite_begin)
+    engine = _sync_sqlite(url, base_dir, pool_size=pool_size, max_overflow=16 * pool_size)
+    if engine is not None:
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -175,17 +180,9 @@ def create_sync_reads(url: str, base_dir: Path = Path(".")) -> Engine | None:
     """A sync engine of read-only connections on a SQLite file, for :class:`SyncReads` (None
     elsewhere). No transaction: each statement is its own implicit read transaction (pysqlite
     with ``isolation_level=None`` never BEGINs), so nothing to roll back on return either."""
-    full = async_url(url, base_dir)
-    if not full.startswith("sqlite") or ":memory:" in full:
-        return None
-    engine = sqlalchemy.create_engine(
-        full.replace("sqlite+aiosqlite://", "sqlite://", 1),
-        pool_size=4,
-        max_overflow=64,
-        pool_reset_on_return=None,
-        connect_args={"check_same_thread": False},  # dispose() may run on another thread
-    )
-    event.listen(engine, "connect", _sqlite_sync_read_only)
+    engine = _sync_sqlite(url, base_dir, pool_size=4, max_overflow=64, pool_reset_on_return=None)
+    if engine is not None:
+        event.listen(engine, "connect", _sqlite_sync_read_only)
     return engine
 
 
