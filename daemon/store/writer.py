@@ -168,6 +168,9 @@ class GroupWriter:
             await self._commit(conn, batch)
 
     async def _commit(self, conn: AsyncConnection, batch: list[_Queued]) -> None:
+        if len(batch) == 1:
+            await self._commit_alone(conn, batch[0])
+            return
         statement_atomic = conn.dialect.name == "sqlite"
         try:
             async with conn.begin():
@@ -197,6 +200,25 @@ class GroupWriter:
             return
         self.batches += 1
         _answer_all(batch)
+
+    async def _commit_alone(self, conn: AsyncConnection, queued: _Queued) -> None:
+        """A batch of one job needs no SAVEPOINT (two statements fewer, and at a few hundred
+        requests a second most batches are of one or two jobs): its failure rolls back the
+        whole transaction, which holds nothing else."""
+        ran = False
+        try:
+            async with conn.begin():
+                queued.result = await queued.job(conn)
+                ran = True
+        except Exception as exc:  # the job's own failure, or the commit's
+            if ran:
+                log.warning("group_commit_failed", jobs=1, error=type(exc).__name__)
+            queued.result, queued.error = None, exc
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+        else:
+            self.batches += 1
+        _answer_all([queued])
 
     async def aclose(self) -> None:
         """Finish what is queued, then stop the thread."""

@@ -75,6 +75,23 @@ async def test_a_failing_job_is_rolled_back_alone(engine, make) -> None:  # type
     await writer.aclose()
 
 
+async def test_a_lone_failing_job_keeps_nothing(engine, make) -> None:  # type: ignore[no-untyped-def]
+    """A batch of one runs without a SAVEPOINT: its failure still keeps none of its writes, its
+    caller gets its own exception, and the writer goes on."""
+    writer = GroupWriter(lambda: make(str(engine.url)))
+
+    async def half_then_fail(conn: AsyncConnection) -> None:
+        await conn.execute(text("INSERT INTO t (n) VALUES (100)"))
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await writer.run(half_then_fail)
+    assert await writer.run(inserting(5)) == 5
+    assert await rows(engine) == [5]  # not 100
+    assert writer.batches == 1
+    await writer.aclose()
+
+
 async def test_a_duplicate_key_fails_only_its_job(engine, make) -> None:  # type: ignore[no-untyped-def]
     writer = GroupWriter(lambda: make(str(engine.url)))
     outcome = await asyncio.gather(
