@@ -181,17 +181,10 @@ def create_sync_reads(url: str, base_dir: Path = Path(".")) -> Engine | None:
     elsewhere). No transaction: each statement is its own implicit read transaction (pysqlite
     with ``isolation_level=None`` never BEGINs), so nothing to roll back on return either."""
     engine = _sync_sqlite(url, base_dir, pool_size=4, max_overflow=64, pool_reset_on_return=None)
-    if engine is not None:
-        event.listen(engine, "connect", _sqlite_sync_read_only)
+    if engine is not None:  # the async read engine's connect hooks (create_read_engine)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "connect", _sqlite_read_only)
     return engine
-
-
-def _sqlite_sync_read_only(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA query_only=ON")
-    cursor.close()
 
 
 @contextlib.asynccontextmanager
