@@ -28,7 +28,7 @@ from daemon.api import deps, errors
 from daemon.api.gate import ApiGate, purge_audit
 from daemon.cli import main as cli_main
 from daemon.errors import InputError
-from daemon.store import db
+from daemon.store import db, writer
 from daemon.store.models import ApiToken, AuditEntry, Base, BrandAuditEntry
 from tests.conftest import make_settings
 
@@ -447,6 +447,34 @@ async def test_audit_rows_record_requests_and_scope_denials(api: Api) -> None:
         (token_id, user, "GET", "/api/v1/me", 200, "127.0.0.1", None, now),
         (token_id, user, "GET", "/api/v1/posts/scheduled", 401, "127.0.0.1", None, now),
     ]
+
+
+async def test_a_failed_audit_write_keeps_its_rows_for_the_next(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses one audit write: nothing is lost, the rows and the token's use
+    count are written by the next flush, once each."""
+    user = await new_user(api)
+    token_id, raw = await new_token(api, user)
+    real_write, failures = writer.write, [1]
+
+    async def write_once_failing(owner: Any, job: Any, **kwargs: Any) -> Any:
+        if failures:
+            failures.pop()
+            raise OSError("disk I/O error")
+        return await real_write(owner, job, **kwargs)
+
+    monkeypatch.setattr(writer, "write", write_once_failing)
+    assert (await api.get(raw)).status_code == 200
+    assert (await api.get(raw, "/api/v1/me")).status_code == 200
+    assert await api.gate.audit.flush() is False
+    assert await api.tx(lambda s: s.scalar(select(func.count()).select_from(AuditEntry))) == 0
+    assert (await api.get(raw, "/api/v1/me")).json()["request_count"] == 3
+    assert await api.gate.audit.flush() is True
+    paths = await api.tx(lambda s: s.scalars(select(AuditEntry.path).order_by(AuditEntry.id)))
+    assert list(paths) == ["/api/v1/posts/scheduled", "/api/v1/me", "/api/v1/me"]
+    row = await api.tx(lambda s: tokens.get_token(s, token_id))
+    assert row.request_count == 3
 
 
 async def test_token_use_is_counted(api: Api) -> None:
