@@ -62,8 +62,7 @@ def pg_database() -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -173,7 +172,7 @@ async def _copy_migrated(settings: config.Settings) -> bool:
         shutil.copyfile(await _TEMPLATES.sqlite(), path)
         return True
     base, _, name = url.rpartition("/")
-    if f"{base}/" != PG_URL.rpartition("/")[0] + "/" or not name.startswith("postd_t_"):
+    if base != PG_URL.rpartition("/")[0] or not name.startswith("postd_t_"):
         return False
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
