@@ -11,6 +11,11 @@ response can have it replayed. Other requests with the key get:
   IDEMPOTENCY_KEY_IN_USE;
 - a different method, path or body: 409 IDEMPOTENCY_KEY_MISMATCH.
 
+A handler whose action is one group-writer job can store its response in that job's transaction
+(:func:`current`, :func:`store_in`): then the action and its stored response commit together, and
+a process that dies between the two cannot leave a done action under a key that a retry, once the
+lock expires, would run again. ``POST /posts/schedule`` does so.
+
 A running row whose lock expired (its process died) is taken over, and a row older than
 ``api.idempotency_hours`` counts as absent. A 429 is not stored (the key is released): it means
 "not done, retry later", and the SDK retries it with the same key. multipart/form-data requests
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import functools
 import hashlib
@@ -137,8 +143,9 @@ class Captured:
         self.status, self.headers = rendered.status_code, list(rendered.raw_headers)
         self.body, self.complete = bytearray(rendered.body), True
 
-    def stored_headers(self) -> dict[str, Any]:
-        return {"raw": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers]}
+
+def _header_rows(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"raw": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]}
 
 
 async def _send_response(
@@ -245,6 +252,56 @@ _STORE = (
 _RELEASE = delete(IdempotencyKey).where(_MINE)
 
 
+def _store_params(
+    req: Request, owned: datetime, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> dict[str, Any]:
+    return {
+        "m_token": req.token_id,
+        "m_key": req.key,
+        "m_owned": owned,
+        "s_status": status,
+        "s_body": body,
+        "s_headers": _header_rows(headers),
+    }
+
+
+@dataclass(slots=True)
+class Slot:
+    """The key a running request owns; ``stored`` once its response is committed with its
+    action (:func:`store_in`), which spares the separate write after the handler."""
+
+    req: Request
+    owned: datetime
+    stored: bool = False
+
+
+_CURRENT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
+    "postd_idempotency_slot", default=None
+)
+
+
+def current() -> Slot | None:
+    """The key the running request owns: None without a key, or outside :func:`wrap`."""
+    return _CURRENT.get()
+
+
+async def store_in(
+    conn: AsyncConnection,
+    slot: Slot,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """Store the response of ``slot``'s request in ``conn``'s transaction, the one that performs
+    its action; the caller sets ``slot.stored`` once that transaction is committed. Raises 409
+    IDEMPOTENCY_KEY_IN_USE when the key is no longer this request's (its lock expired and a
+    retry took it over): the caller's transaction must then roll back, action included."""
+    result = await conn.execute(_STORE, _store_params(slot.req, slot.owned, status, headers, body))
+    if result.rowcount != 1:
+        log.warning("idempotency_lock_lost", token_id=slot.req.token_id, path=slot.req.path)
+        raise errors.ApiError("IDEMPOTENCY_KEY_IN_USE")
+
+
 async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) -> Outcome:
     """One short transaction: insert (or take over) the row and own it, or report what it says."""
     fields: dict[str, Any] = {
@@ -304,15 +361,12 @@ async def _acquire(postd_app: Any, req: Request, ttl: timedelta) -> Outcome:
 
 async def _settle(postd_app: Any, req: Request, owned: datetime, captured: Captured) -> None:
     """Store the response (or release the key after a 429) if the row is still ours."""
-    params: dict[str, Any] = {"m_token": req.token_id, "m_key": req.key, "m_owned": owned}
     stmt: Any = _RELEASE
+    params: dict[str, Any] = {"m_token": req.token_id, "m_key": req.key, "m_owned": owned}
     if captured.status != 429:
+        assert captured.status is not None
         stmt = _STORE
-        params |= {
-            "s_status": captured.status,
-            "s_body": bytes(captured.body),
-            "s_headers": captured.stored_headers(),
-        }
+        params = _store_params(req, owned, captured.status, captured.headers, bytes(captured.body))
     result = await writer.execute(postd_app, stmt, params)
     if result.rowcount != 1:
         log.warning("idempotency_lock_lost", token_id=req.token_id, path=req.path)
@@ -362,16 +416,21 @@ class _Beat:
 async def _run(
     postd_app: Any, req: Request, owned: datetime, scope: Scope, receive: Receive, inner: ASGIApp
 ) -> Captured:
-    """Run the request as the key's owner; its response, captured (a crash becomes a 500)."""
-    captured, beat = Captured(), _Beat(postd_app, req, owned)
+    """Run the request as the key's owner; its response, captured (a crash becomes a 500),
+    and stored unless the handler stored it with its action."""
+    captured, beat, slot = Captured(), _Beat(postd_app, req, owned), Slot(req, owned)
+    reset = _CURRENT.set(slot)
     try:
         await inner(scope, receive, captured)
     except Exception:
         log.exception("idempotent_request_failed", token_id=req.token_id, path=req.path)
     finally:
+        _CURRENT.reset(reset)
         await beat.stop()
     if not captured.complete or captured.status is None:
         captured.fail()
+    if slot.stored:
+        return captured
     try:
         await _settle(postd_app, req, owned, captured)
     except Exception:

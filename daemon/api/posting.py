@@ -7,7 +7,8 @@ The order matters and is the same for /posts/schedule, /posts/schedule/bulk and 
 2. the publish is counted in the monthly bucket (``daemon.api.limits.charge_in``), which may
    refuse, and
 3. the post is inserted through :func:`daemon.services.schedule_post`, both in one savepoint of
-   the API's group commit (``daemon/store/writer.py``).
+   the API's group commit (``daemon/store/writer.py``), with, for /posts/schedule, the response
+   stored under the request's Idempotency-Key (``daemon.api.idempotency.store_in``).
 
 So a refused request changes nothing and costs no publish. Two requests racing for the same slot
 can both pass step 1; the dispatcher, which enforces the guardrails when it claims, then defers
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
@@ -32,10 +34,11 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import insert as sql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.responses import Response
 
 from adapters import base
 from daemon import guardrails, services
-from daemon.api import errors, limits, queries
+from daemon.api import errors, idempotency, limits, queries
 from daemon.api.deps import Principal
 from daemon.api.schemas import PublishBody, ScheduleBody
 from daemon.errors import InputError
@@ -54,6 +57,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv"})
 _NUMERIC_HOST = re.compile(r"[0-9a-fA-Fx.]+")
 PUBLISHES = "publishes"
 _INSERT_POST = sql_insert(Post)
+Respond = Callable[[Post], Response]  # the whole HTTP answer for a post just inserted
+Warnings = tuple[limits.QuotaWarning, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,13 +262,20 @@ async def refund_publish(app: App, principal: Principal, now: datetime) -> None:
         await limits.refund(app, principal.user_id, PUBLISHES, now)
 
 
-async def insert(app: App, principal: Principal, draft: Draft, now: datetime) -> Post:
+async def insert(
+    app: App, principal: Principal, draft: Draft, now: datetime, respond: Respond | None = None
+) -> tuple[Post, Response | None]:
     """Steps 2 and 3 in one savepoint of the API's group commit (daemon/store/writer.py): the
     publish off the monthly bucket (MONTHLY_LIMIT_EXCEEDED rolls back, counting nothing; sandbox
-    tokens are not counted), then the insert; then the dispatcher hears of it."""
+    tokens are not counted), then the insert; then the dispatcher hears of it.
 
-    async def job(conn: AsyncConnection) -> tuple[Post, tuple[limits.QuotaWarning, ...]]:
-        warnings: tuple[limits.QuotaWarning, ...] = ()
+    With ``respond``, the response is rendered in that savepoint too and, when the request owns
+    an Idempotency-Key, stored under it there: a crash cannot commit the post without it (a retry
+    would then schedule a second post), and it costs no write of its own."""
+    key = idempotency.current() if respond is not None else None
+
+    async def job(conn: AsyncConnection) -> tuple[Post, Response | None, Warnings]:
+        warnings: Warnings = ()
         if not principal.sandbox:
             warnings = await limits.charge_in(
                 conn, app, principal.user_id, principal.tier, PUBLISHES, now
@@ -273,19 +285,41 @@ async def insert(app: App, principal: Principal, draft: Draft, now: datetime) ->
         values["created_by"] = f"token:{principal.token_id}"
         await conn.execute(_INSERT_POST, values)
         await notify.due(conn, values["due_at"])
-        return Post(**values), warnings
+        post = Post(**values)
+        response = None if respond is None else respond(post)
+        if key is not None and response is not None:
+            body = bytes(response.body)
+            await idempotency.store_in(
+                conn, key, response.status_code, list(response.raw_headers), body
+            )
+        return post, response, warnings
 
-    post, warnings = await writer.write(app, job)
+    post, response, warnings = await writer.write(app, job)
+    if key is not None:
+        key.stored = True
     if warnings:
         await limits.notify(app, principal.user_id, warnings, now)
     app.dispatcher.notify_due(post.due_at)
-    return post
+    return post, response
 
 
 async def create(app: App, principal: Principal, body: PublishBody, at: datetime | None) -> Post:
     now = app.clock.now()
     draft = await prepare(app, principal, body, at, now)
-    return await insert(app, principal, draft, now)
+    post, _ = await insert(app, principal, draft, now)
+    return post
+
+
+async def create_answered(
+    app: App, principal: Principal, body: PublishBody, at: datetime, respond: Respond
+) -> Response:
+    """:func:`create` for a request answered with the post just scheduled: the response
+    ``respond`` renders, stored with the post under the request's Idempotency-Key."""
+    now = app.clock.now()
+    draft = await prepare(app, principal, body, at, now)
+    _, response = await insert(app, principal, draft, now, respond)
+    assert response is not None
+    return response
 
 
 def as_api_error(exc: Exception) -> errors.ApiError:

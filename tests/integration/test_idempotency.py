@@ -18,13 +18,14 @@ import pytest
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from daemon.api import errors, idempotency
+from daemon import services, tokens
+from daemon.api import errors, idempotency, posting
 from daemon.api.deps import Principal
 from daemon.clock import FakeClock
-from daemon.store.models import IdempotencyKey
+from daemon.store.models import IdempotencyKey, Post, UsageCounter
 from tests.conftest import make_settings
 
 START = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
@@ -423,3 +424,104 @@ async def test_concurrent_identical_requests_run_once(
     assert {(r.status_code, r.content) for r in responses} == {(201, b'{"n":1,"echo":{"x":1}}')}
     replayed = [r for r in responses if r.headers.get("Idempotency-Replayed") == "true"]
     assert len(replayed) == 19
+
+
+# -- POST /posts/schedule: the response is stored with the post ---------------------------------
+
+
+async def scheduling_world(app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock) -> Any:
+    """A daemon (its real gate and routes), a user with a sandbox page and a live token."""
+    clock.set(START)
+    app = await app_factory(make_settings(tmp_path, db_url))
+    now = clock.now()
+    async with app.sessions() as session, session.begin():
+        user, _ = await tokens.add_user(session, "a@example.com", now, tier="pro")
+        brand = await services.add_brand(session, "Acme", now, owner_id=user.id)
+        await session.flush()
+        page = await services.add_page(
+            session, brand_id=brand.id, platform="sandbox", name="Main", now=now
+        )
+        _, raw = await tokens.create_token(
+            session, user_id=user.id, name="t", scopes=("*",), now=now, tiers=app.settings.tiers
+        )
+    body = {
+        "page_id": page.id,
+        "message": "hello",
+        "scheduled_at": (START + timedelta(hours=2)).isoformat(),
+    }
+    return app, {"Authorization": f"Bearer {raw}"}, body
+
+
+async def counted(app: Any, model: Any, *where: Any) -> int:
+    async with app.sessions() as session:
+        query = select(func.count()).select_from(model).where(*where)
+        return int(await session.scalar(query) or 0)
+
+
+async def test_a_schedule_is_stored_with_its_post(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /posts/schedule stores its 201 in the post's own transaction: with nothing written
+    after the handler (as when the process dies right after the post commits), a retry once
+    the key's lock has expired replays it instead of scheduling a second post."""
+    app, auth, body = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    late_writes: list[int | None] = []
+
+    async def died(_app: Any, _req: Any, _owned: Any, captured: Any) -> None:
+        late_writes.append(captured.status)
+
+    monkeypatch.setattr(idempotency, "_settle", died)
+    headers = {**auth, "Idempotency-Key": "sched-1"}
+    transport = httpx.ASGITransport(app=app.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as http:
+        first = await http.post("/posts/schedule", json=body, headers=headers)
+        clock.advance(idempotency.LOCK.total_seconds() + 1)
+        retry = await http.post("/posts/schedule", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert retry.status_code == 201 and retry.headers.get("Idempotency-Replayed") == "true"
+    assert retry.content == first.content
+    assert retry.json()["scheduled_post"]["id"] == first.json()["scheduled_post"]["id"]
+    assert await counted(app, Post) == 1
+    assert late_writes == []  # nothing was left to write after the handler
+
+
+async def test_a_schedule_whose_key_was_taken_over_is_undone(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the key stops being the request's while it runs (its lock expired and a retry took
+    it over), the post, its publish count and the response are rolled back together: 409
+    IDEMPOTENCY_KEY_IN_USE, and the taking-over request is the one that schedules."""
+    app, auth, body = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    real_prepare = posting.prepare
+
+    async def taken_over_meanwhile(*args: Any) -> Any:
+        draft = await real_prepare(*args)
+        async with app.sessions() as session, session.begin():
+            await session.execute(
+                update(IdempotencyKey).values(created_at=clock.now() + timedelta(seconds=1))
+            )
+        return draft
+
+    monkeypatch.setattr(posting, "prepare", taken_over_meanwhile)
+    headers = {**auth, "Idempotency-Key": "sched-2"}
+    transport = httpx.ASGITransport(app=app.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as http:
+        response = await http.post("/posts/schedule", json=body, headers=headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "IDEMPOTENCY_KEY_IN_USE"
+    assert await counted(app, Post) == 0
+    async with app.sessions() as session:
+        used = await session.scalar(
+            select(func.coalesce(func.sum(UsageCounter.count), 0)).where(
+                UsageCounter.bucket == "publishes"
+            )
+        )
+    assert used == 0

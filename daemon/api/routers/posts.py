@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, or_, select, tuple_
@@ -39,12 +39,16 @@ def wire(post: Post) -> dict[str, Any]:
     responses=error_responses(409),
     summary="Schedule a post",
 )
-async def schedule(
-    request: Request, body: schemas.ScheduleBody, principal: WritePosts
-) -> dict[str, Any]:
+async def schedule(request: Request, body: schemas.ScheduleBody, principal: WritePosts) -> Response:
     at = posting.scheduled_at(body)
-    post = await posting.create(queries.postd(request), principal, body, at)
-    return {"scheduled_post": wire(post)}
+    return await posting.create_answered(queries.postd(request), principal, body, at, _scheduled)
+
+
+def _scheduled(post: Post) -> Response:
+    """The 201 of POST /posts/schedule, rendered as the response model says (the route returns
+    it as is: it is stored, in the post's transaction, under the Idempotency-Key)."""
+    one = schemas.ScheduledOne.model_validate({"scheduled_post": wire(post)})
+    return Response(one.model_dump_json(exclude_unset=True), 201, media_type="application/json")
 
 
 def _item_error(exc: Exception) -> errors.ApiError:
