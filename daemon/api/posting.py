@@ -235,8 +235,8 @@ async def check_now(session: queries.Reader, app: App, page: Page, now: datetime
 async def prepare(
     app: App, principal: Principal, body: PublishBody, at: datetime | None, now: datetime
 ) -> Draft:
-    """Step 1: every check; ``at`` None means "publish now"."""
-    async with db.reading(app) as conn:
+    """Step 1: every check, on one snapshot; ``at`` None means "publish now"."""
+    async with db.reading(app, snapshot=True) as conn:
         page = await queries.reachable_page(conn, principal, body.page_id)
         new = new_post(body, page.id, at or now)
         if at is not None:

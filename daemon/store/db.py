@@ -188,9 +188,22 @@ def create_sync_reads(url: str, base_dir: Path = Path(".")) -> Engine | None:
 
 
 @contextlib.asynccontextmanager
-async def _sync_reading(engine: Engine) -> AsyncIterator[Reads]:
+async def _sync_reading(engine: Engine, snapshot: bool) -> AsyncIterator[Reads]:
     with engine.connect() as conn:
-        yield SyncReads(conn)
+        if not snapshot:
+            yield SyncReads(conn)
+            return
+        # One read transaction, on the driver's connection (SQLAlchemy's would cost more than
+        # the statements): the block's statements see one snapshot, and SQLite validates the
+        # connection's page cache once instead of before each statement, which re-reads every
+        # page after each commit of the group writer (~130 µs a statement, bench/README.md).
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        driver.execute("BEGIN")
+        try:
+            yield SyncReads(conn)
+        finally:
+            driver.execute("ROLLBACK")
 
 
 def read_engine(owner: Any) -> AsyncEngine:
@@ -218,13 +231,14 @@ async def single_read(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         await closing(engine, conn)
 
 
-def reading(owner: Any) -> contextlib.AbstractAsyncContextManager[Reads]:
+def reading(owner: Any, *, snapshot: bool = False) -> contextlib.AbstractAsyncContextManager[Reads]:
     """A connection for reads with no transaction: ``owner``'s :class:`SyncReads` on a SQLite
     file (its ``sync_reads`` engine, :func:`create_sync_reads`), else :func:`single_read` on
-    its :func:`read_engine`."""
+    its :func:`read_engine`. ``snapshot`` (SQLite; for a block of several statements): one
+    read transaction around them all, so they see one state of the database."""
     sync: Engine | None = getattr(owner, "sync_reads", None)
     if sync is not None:
-        return _sync_reading(sync)
+        return _sync_reading(sync, snapshot)
     return single_read(read_engine(owner))
 
 

@@ -51,3 +51,27 @@ async def test_a_sqlite_read_connection_refuses_to_write(app_factory: Any, tmp_p
             await add_user(conn, "b@example.com")
     async with db.reading(app) as conn:
         assert (await conn.execute(COUNT)).scalar_one() == 0
+
+
+async def test_a_snapshot_block_reads_one_state_of_the_database(
+    app_factory: Any, tmp_path: Path
+) -> None:
+    """db.reading(snapshot=True) on SQLite: a commit made while the block runs is not seen by
+    its later statements (one read transaction), and is seen by the next block; the connection
+    goes back to the pool with no transaction open, so it sees later commits too."""
+    app = await app_factory(make_settings(tmp_path, f"sqlite:///{tmp_path / 'postd.db'}"))
+    async with db.reading(app, snapshot=True) as conn:
+        assert (await conn.execute(COUNT)).scalar_one() == 0
+        async with app.engine.begin() as writing:
+            await add_user(writing, "c@example.com")
+        assert (await conn.execute(COUNT)).scalar_one() == 0
+    for _ in range(3):  # whichever pooled connection comes back
+        async with db.reading(app) as conn:
+            assert (await conn.execute(COUNT)).scalar_one() == 1
+    with pytest.raises(RuntimeError, match="inside"):
+        async with db.reading(app, snapshot=True) as conn:
+            raise RuntimeError("inside")
+    async with app.engine.begin() as writing:  # no read transaction was left open
+        await add_user(writing, "d@example.com")
+    async with db.reading(app, snapshot=True) as conn:
+        assert (await conn.execute(COUNT)).scalar_one() == 2
