@@ -14,7 +14,10 @@ response can have it replayed. Other requests with the key get:
 A handler whose action is one group-writer job can store its response in that job's transaction
 (:func:`current`, :func:`store_in`): then the action and its stored response commit together, and
 a process that dies between the two cannot leave a done action under a key that a retry, once the
-lock expires, would run again. ``POST /posts/schedule`` does so.
+lock expires, would run again. ``POST /posts/schedule`` does so. A handler that answers only
+later (``POST /posts/publish`` waits for the platform) records the post it inserted on the key
+in the insert's transaction instead (:func:`remember_in`); a retry that takes the key over from a
+dead owner finds it in ``current().resumed`` and waits for that post rather than making another.
 
 A running row whose lock expired (its process died) is taken over, and a row older than
 ``api.idempotency_hours`` counts as absent. A 429 is not stored (the key is released): it means
@@ -80,6 +83,13 @@ class Seen:
     locked_until: datetime | None
     response_body: bytes | None = None
     response_headers: dict[str, Any] = field(default_factory=dict)
+    post_id: str | None = None  # the post a running publish inserted (remember_in)
+
+
+def resumes(seen: Seen, now: datetime, ttl: timedelta) -> str | None:
+    """The post a take-over of ``seen`` carries on with: the one its dead owner inserted, unless
+    the row is past ``ttl`` (then the key is free for a new action)."""
+    return seen.post_id if seen.created_at > now - ttl else None
 
 
 def decide(seen: Seen | None, request_hash: str, now: datetime, ttl: timedelta) -> Action:
@@ -204,6 +214,7 @@ class Outcome:
     action: Action  # CLAIM: ours to run; REPLAY / MISMATCH; WAIT: still running after ~2 s
     seen: Seen | None = None
     owned: datetime | None = None  # CLAIM: the row's created_at, our fencing token
+    resumed: str | None = None  # CLAIM by take-over: the post the dead owner inserted
 
 
 _COLUMNS = (
@@ -213,6 +224,7 @@ _COLUMNS = (
     IdempotencyKey.locked_until,
     IdempotencyKey.response_body,
     IdempotencyKey.response_headers,
+    IdempotencyKey.post_id,
 )
 
 
@@ -273,6 +285,7 @@ class Slot:
     req: Request
     owned: datetime
     stored: bool = False
+    resumed: str | None = None  # the post of a dead owner's run (remember_in) to carry on with
 
 
 _CURRENT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
@@ -297,7 +310,24 @@ async def store_in(
     IDEMPOTENCY_KEY_IN_USE when the key is no longer this request's (its lock expired and a
     retry took it over): the caller's transaction must then roll back, action included."""
     result = await conn.execute(_STORE, _store_params(slot.req, slot.owned, status, headers, body))
-    if result.rowcount != 1:
+    _still_mine(result.rowcount, slot)
+
+
+_REMEMBER = update(IdempotencyKey).where(_MINE, IdempotencyKey.status.is_(None))
+
+
+async def remember_in(conn: AsyncConnection, slot: Slot, post_id: str) -> None:
+    """Record, in ``conn``'s transaction (the one inserting the post), that ``slot``'s request
+    made ``post_id``: should its process die before the response is stored, the retry that takes
+    the key over gets it as ``Slot.resumed`` and waits for that post instead of making another.
+    Raises 409 IDEMPOTENCY_KEY_IN_USE when the key is no longer this request's."""
+    params = {"m_token": slot.req.token_id, "m_key": slot.req.key, "m_owned": slot.owned}
+    result = await conn.execute(_REMEMBER.values(post_id=post_id), params)
+    _still_mine(result.rowcount, slot)
+
+
+def _still_mine(rowcount: int, slot: Slot) -> None:
+    if rowcount != 1:
         log.warning("idempotency_lock_lost", token_id=slot.req.token_id, path=slot.req.path)
         raise errors.ApiError("IDEMPOTENCY_KEY_IN_USE")
 
@@ -315,8 +345,8 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
         "locked_until": now + LOCK,
     }
 
-    async def claim(conn: AsyncConnection) -> Outcome | int:
-        """The outcome, or the rowcount of a take-over."""
+    async def claim(conn: AsyncConnection) -> Outcome | tuple[int, str | None]:
+        """The outcome, or the rowcount of a take-over and the post it resumes."""
         row = {"token_id": req.token_id, "key": req.key, **fields}
         inserted = await conn.execute(_claim_statement(conn.dialect.name), row)
         if inserted.first() is not None:
@@ -327,20 +357,22 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
             return Outcome(Action.WAIT)  # deleted between the two statements: look again
         if action is not Action.TAKE_OVER:
             return Outcome(action, seen)
+        resumed = resumes(seen, now, ttl)
         taken = await conn.execute(
             update(IdempotencyKey)
             .where(req.where(), IdempotencyKey.created_at == seen.created_at)
-            .values(**fields)
+            .values(**fields, post_id=resumed)
         )
-        return int(taken.rowcount)
+        return int(taken.rowcount), resumed
 
     got = await writer.write(postd_app, claim)
     if isinstance(got, Outcome):
         return got
-    if got != 1:
+    taken, resumed = got
+    if taken != 1:
         return Outcome(Action.WAIT)
-    log.info("idempotency_key_taken_over", token_id=req.token_id, path=req.path)
-    return Outcome(Action.CLAIM, owned=now)
+    log.info("idempotency_key_taken_over", token_id=req.token_id, path=req.path, post_id=resumed)
+    return Outcome(Action.CLAIM, owned=now, resumed=resumed)
 
 
 async def _acquire(postd_app: Any, req: Request, ttl: timedelta) -> Outcome:
@@ -414,11 +446,19 @@ class _Beat:
 
 
 async def _run(
-    postd_app: Any, req: Request, owned: datetime, scope: Scope, receive: Receive, inner: ASGIApp
+    postd_app: Any,
+    req: Request,
+    outcome: Outcome,
+    scope: Scope,
+    receive: Receive,
+    inner: ASGIApp,
 ) -> Captured:
     """Run the request as the key's owner; its response, captured (a crash becomes a 500),
     and stored unless the handler stored it with its action."""
-    captured, beat, slot = Captured(), _Beat(postd_app, req, owned), Slot(req, owned)
+    assert outcome.owned is not None
+    owned = outcome.owned
+    slot = Slot(req, owned, resumed=outcome.resumed)
+    captured, beat = Captured(), _Beat(postd_app, req, owned)
     reset = _CURRENT.set(slot)
     try:
         await inner(scope, receive, captured)
@@ -484,7 +524,7 @@ async def wrap(
     if outcome.action is not Action.CLAIM or outcome.owned is None:
         await _answer(outcome, scope, receive, send)
         return
-    captured = await _run(postd_app, req, outcome.owned, scope, _refeed(body, receive), inner)
+    captured = await _run(postd_app, req, outcome, scope, _refeed(body, receive), inner)
     assert captured.status is not None
     await _send_response(send, captured.status, captured.headers, bytes(captured.body))
 

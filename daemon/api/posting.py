@@ -263,16 +263,23 @@ async def refund_publish(app: App, principal: Principal, now: datetime) -> None:
 
 
 async def insert(
-    app: App, principal: Principal, draft: Draft, now: datetime, respond: Respond | None = None
+    app: App,
+    principal: Principal,
+    draft: Draft,
+    now: datetime,
+    *,
+    respond: Respond | None = None,
+    remember: bool = False,
 ) -> tuple[Post, Response | None]:
     """Steps 2 and 3 in one savepoint of the API's group commit (daemon/store/writer.py): the
     publish off the monthly bucket (MONTHLY_LIMIT_EXCEEDED rolls back, counting nothing; sandbox
     tokens are not counted), then the insert; then the dispatcher hears of it.
 
-    With ``respond``, the response is rendered in that savepoint too and, when the request owns
-    an Idempotency-Key, stored under it there: a crash cannot commit the post without it (a retry
-    would then schedule a second post), and it costs no write of its own."""
-    key = idempotency.current() if respond is not None else None
+    When the request owns an Idempotency-Key, that savepoint also writes, with ``respond``, the
+    response it renders (a crash cannot commit the post without it, and a retry would then
+    schedule a second post; it costs no write of its own), or with ``remember`` the post's id
+    (:func:`daemon.api.idempotency.remember_in`), for a response that comes later."""
+    key = idempotency.current() if respond is not None or remember else None
 
     async def job(conn: AsyncConnection) -> tuple[Post, Response | None, Warnings]:
         warnings: Warnings = ()
@@ -292,10 +299,12 @@ async def insert(
             await idempotency.store_in(
                 conn, key, response.status_code, list(response.raw_headers), body
             )
+        elif key is not None:
+            await idempotency.remember_in(conn, key, post.id)
         return post, response, warnings
 
     post, response, warnings = await writer.write(app, job)
-    if key is not None:
+    if key is not None and response is not None:
         key.stored = True
     if warnings:
         await limits.notify(app, principal.user_id, warnings, now)
@@ -303,10 +312,19 @@ async def insert(
     return post, response
 
 
-async def create(app: App, principal: Principal, body: PublishBody, at: datetime | None) -> Post:
+async def create(
+    app: App,
+    principal: Principal,
+    body: PublishBody,
+    at: datetime | None,
+    *,
+    remember: bool = False,
+) -> Post:
+    """Check, count and insert the post of ``body`` (``at`` None: due now); ``remember``: its id
+    on the request's Idempotency-Key (see :func:`insert`)."""
     now = app.clock.now()
     draft = await prepare(app, principal, body, at, now)
-    post, _ = await insert(app, principal, draft, now)
+    post, _ = await insert(app, principal, draft, now, remember=remember)
     return post
 
 
@@ -317,7 +335,7 @@ async def create_answered(
     ``respond`` renders, stored with the post under the request's Idempotency-Key."""
     now = app.clock.now()
     draft = await prepare(app, principal, body, at, now)
-    _, response = await insert(app, principal, draft, now, respond)
+    _, response = await insert(app, principal, draft, now, respond=respond)
     assert response is not None
     return response
 

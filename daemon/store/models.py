@@ -323,6 +323,9 @@ class IdempotencyKey(Base):
     response_headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(index=True)
     locked_until: Mapped[datetime | None]
+    # A running POST /posts/publish's post, written with it: a retry that takes the key over
+    # after the owner died waits for that post instead of publishing a second one.
+    post_id: Mapped[str | None] = mapped_column(ID)
 
 
 # -- webhooks (issue 4): subscriptions, deliveries, attempts -----------------------------------

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from daemon import services, tokens
 from daemon.api import errors, idempotency, posting
 from daemon.api.deps import Principal
+from daemon.api.routers import publish as publish_router
 from daemon.clock import FakeClock
 from daemon.store.models import IdempotencyKey, Post, UsageCounter
 from tests.conftest import make_settings
@@ -525,3 +526,53 @@ async def test_a_schedule_whose_key_was_taken_over_is_undone(
             )
         )
     assert used == 0
+
+
+async def test_a_publish_whose_process_died_is_carried_on_not_repeated(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /posts/publish writes its post's id on the key with the post. Its process dies
+    while waiting for the platform (nothing more is written); the retry that takes the key over
+    once the lock expired waits for that post, which the dispatcher publishes once, and answers
+    with it: one post, one publish on the platform, and the answer is stored for replays."""
+    app, auth, body = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    body = {"page_id": body["page_id"], "message": "right now"}
+    dead = True
+    real_wait, real_store = publish_router.settle, idempotency._settle
+
+    async def wait(*args: Any) -> Any:
+        if dead:
+            raise RuntimeError("the process died while waiting for the platform")
+        return await real_wait(*args)
+
+    async def store(*args: Any) -> None:
+        if not dead:
+            await real_store(*args)
+
+    monkeypatch.setattr(publish_router, "settle", wait)
+    monkeypatch.setattr(idempotency, "_settle", store)
+    headers = {**auth, "Idempotency-Key": "pub-1"}
+    pump = asyncio.create_task(app.dispatcher.pump())
+    transport = httpx.ASGITransport(app=app.http)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as http:
+            first = await http.post("/posts/publish", json=body, headers=headers)
+            dead = False
+            clock.advance(idempotency.LOCK.total_seconds() + 1)
+            retry = await http.post("/posts/publish", json=body, headers=headers)
+            replay = await http.post("/posts/publish", json=body, headers=headers)
+    finally:
+        await app.dispatcher.stop(0)
+        await pump
+    assert first.status_code == 500
+    assert retry.status_code == 201, retry.text
+    async with app.sessions() as session:
+        (post,) = list(await session.scalars(select(Post)))
+    assert retry.json()["id"] == post.id and post.state == "published"
+    assert len(app.adapters["sandbox"].published_records()) == 1
+    assert replay.headers.get("Idempotency-Replayed") == "true"
+    assert replay.content == retry.content

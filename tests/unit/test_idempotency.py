@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -67,3 +68,12 @@ def test_poll_budget_is_about_two_seconds() -> None:
     """A duplicate waits about 2 s in all for the running request, short polls first."""
     assert 1.5 <= sum(idempotency.POLL_DELAYS) <= 2.5
     assert idempotency.POLL_DELAYS[0] <= 0.01
+
+
+def test_a_take_over_resumes_the_dead_owners_post_only_within_the_ttl() -> None:
+    """The post a dead owner inserted is carried on with while its key lives; a key past its
+    ttl is a new key, whatever it held."""
+    seen = idempotency.Seen(HASH, None, NOW - timedelta(minutes=5), NOW, post_id="p1")
+    assert idempotency.resumes(seen, NOW, TTL) == "p1"
+    assert idempotency.resumes(replace(seen, post_id=None), NOW, TTL) is None
+    assert idempotency.resumes(replace(seen, created_at=NOW - TTL), NOW, TTL) is None

@@ -15,6 +15,10 @@ What the caller gets:
   surprise, and the answer is 502 ``PUBLISH_FAILED`` with ``retryable: true``;
 * the outcome is unknown (the platform may have it): 502 ``PUBLISH_IN_DOUBT`` with the post's
   ``id``; postd reconciles it and never publishes it twice.
+
+With an Idempotency-Key, the post's id is written on the key with the post: if the process dies
+before answering, the retry that takes the key over waits for that post (the dispatcher
+publishes it once, after the restart) instead of publishing the message a second time.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from daemon import guardrails, lifecycle
-from daemon.api import errors, posting, queries, schemas
+from daemon.api import errors, idempotency, posting, queries, schemas
 from daemon.api.routers import WritePosts, error_responses
 from daemon.store.models import Post
 from daemon.timefmt import iso
@@ -53,8 +57,12 @@ async def publish(
     principal: WritePosts,
 ) -> dict[str, Any]:
     app = queries.postd(request)
-    post = await posting.create(app, principal, body, None)
-    post = await settle(app, post.id)
+    key = idempotency.current()
+    if key is not None and key.resumed is not None:
+        post_id = key.resumed  # this key's post, inserted by a run whose process died
+    else:
+        post_id = (await posting.create(app, principal, body, None, remember=True)).id
+    post = await settle(app, post_id)
     if post.state == lifecycle.CANCELLED:  # it never reached the platform
         await posting.refund_publish(app, principal, app.clock.now())
     if post.state != lifecycle.PUBLISHED:
