@@ -126,9 +126,14 @@ def key(value: str) -> dict[str, str]:
     return {"Idempotency-Key": value}
 
 
-async def stored_keys(app: Any) -> int:
+async def counted(app: Any, model: Any, *where: Any) -> int:
     async with app.sessions() as session:
-        return int(await session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0)
+        query = select(func.count()).select_from(model).where(*where)
+        return int(await session.scalar(query) or 0)
+
+
+async def stored_keys(app: Any) -> int:
+    return await counted(app, IdempotencyKey)
 
 
 async def test_replay_returns_the_stored_response(
@@ -453,10 +458,10 @@ async def scheduling_world(app_factory: Any, tmp_path: Path, db_url: str, clock:
     return app, {"Authorization": f"Bearer {raw}"}, body
 
 
-async def counted(app: Any, model: Any, *where: Any) -> int:
-    async with app.sessions() as session:
-        query = select(func.count()).select_from(model).where(*where)
-        return int(await session.scalar(query) or 0)
+def daemon_client(app: Any) -> httpx.AsyncClient:
+    """A client of the daemon's whole HTTP app (gate and routes), at /api/v1."""
+    transport = httpx.ASGITransport(app=app.http)
+    return httpx.AsyncClient(transport=transport, base_url="http://t/api/v1")
 
 
 async def test_a_schedule_is_stored_with_its_post(
@@ -477,8 +482,7 @@ async def test_a_schedule_is_stored_with_its_post(
 
     monkeypatch.setattr(idempotency, "_settle", died)
     headers = {**auth, "Idempotency-Key": "sched-1"}
-    transport = httpx.ASGITransport(app=app.http)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as http:
+    async with daemon_client(app) as http:
         first = await http.post("/posts/schedule", json=body, headers=headers)
         clock.advance(idempotency.LOCK.total_seconds() + 1)
         retry = await http.post("/posts/schedule", json=body, headers=headers)
@@ -513,8 +517,7 @@ async def test_a_schedule_whose_key_was_taken_over_is_undone(
 
     monkeypatch.setattr(posting, "prepare", taken_over_meanwhile)
     headers = {**auth, "Idempotency-Key": "sched-2"}
-    transport = httpx.ASGITransport(app=app.http)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as http:
+    async with daemon_client(app) as http:
         response = await http.post("/posts/schedule", json=body, headers=headers)
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "IDEMPOTENCY_KEY_IN_USE"
@@ -557,9 +560,8 @@ async def test_a_publish_whose_process_died_is_carried_on_not_repeated(
     monkeypatch.setattr(idempotency, "_settle", store)
     headers = {**auth, "Idempotency-Key": "pub-1"}
     pump = asyncio.create_task(app.dispatcher.pump())
-    transport = httpx.ASGITransport(app=app.http)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://t/api/v1") as http:
+        async with daemon_client(app) as http:
             first = await http.post("/posts/publish", json=body, headers=headers)
             dead = False
             clock.advance(idempotency.LOCK.total_seconds() + 1)
