@@ -14,7 +14,8 @@ response can have it replayed. Other requests with the key get:
 A handler whose action is one group-writer job can store its response in that job's transaction
 (:func:`current`, :func:`store_in`): then the action and its stored response commit together, and
 a process that dies between the two cannot leave a done action under a key that a retry, once the
-lock expires, would run again. ``POST /posts/schedule`` does so. A handler that answers only
+lock expires, would run again (:func:`keep_in`, :func:`kept`). ``POST /posts/schedule`` and
+``POST /webhooks`` do so. A handler that answers only
 later (``POST /posts/publish`` waits for the platform) records the post it inserted on the key
 in the insert's transaction instead (:func:`remember_in`); a retry that takes the key over from a
 dead owner finds it in ``current().resumed`` and waits for that post rather than making another.
@@ -43,6 +44,7 @@ import structlog
 from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.api import errors
@@ -311,6 +313,22 @@ async def store_in(
     retry took it over): the caller's transaction must then roll back, action included."""
     result = await conn.execute(_STORE, _store_params(slot.req, slot.owned, status, headers, body))
     _still_mine(result.rowcount, slot)
+
+
+async def keep_in(conn: AsyncConnection, slot: Slot | None, response: Response) -> None:
+    """:func:`store_in` of ``response`` under ``slot`` (:func:`current`, read in the request's
+    own context: a group-writer job runs in another), if the request has a key; then call
+    :func:`kept` once ``conn``'s transaction is committed."""
+    if slot is not None:
+        body = bytes(response.body)
+        await store_in(conn, slot, response.status_code, list(response.raw_headers), body)
+
+
+def kept(slot: Slot | None) -> None:
+    """The transaction that stored ``slot``'s response (:func:`keep_in`) is committed: nothing
+    is left to write after the handler."""
+    if slot is not None:
+        slot.stored = True
 
 
 _REMEMBER = update(IdempotencyKey).where(_MINE, IdempotencyKey.status.is_(None))

@@ -279,7 +279,7 @@ async def insert(
     response it renders (a crash cannot commit the post without it, and a retry would then
     schedule a second post; it costs no write of its own), or with ``remember`` the post's id
     (:func:`daemon.api.idempotency.remember_in`), for a response that comes later."""
-    key = idempotency.current() if respond is not None or remember else None
+    key = idempotency.current()
 
     async def job(conn: AsyncConnection) -> tuple[Post, Response | None, Warnings]:
         warnings: Warnings = ()
@@ -294,18 +294,15 @@ async def insert(
         await notify.due(conn, values["due_at"])
         post = Post(**values)
         response = None if respond is None else respond(post)
-        if key is not None and response is not None:
-            body = bytes(response.body)
-            await idempotency.store_in(
-                conn, key, response.status_code, list(response.raw_headers), body
-            )
-        elif key is not None:
+        if response is not None:
+            await idempotency.keep_in(conn, key, response)
+        elif remember and key is not None:
             await idempotency.remember_in(conn, key, post.id)
         return post, response, warnings
 
     post, response, warnings = await writer.write(app, job)
-    if key is not None and response is not None:
-        key.stored = True
+    if response is not None:
+        idempotency.kept(key)
     if warnings:
         await limits.notify(app, principal.user_id, warnings, now)
     app.dispatcher.notify_due(post.due_at)

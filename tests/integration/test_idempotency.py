@@ -26,7 +26,7 @@ from daemon.api import errors, idempotency, posting
 from daemon.api.deps import Principal
 from daemon.api.routers import publish as publish_router
 from daemon.clock import FakeClock
-from daemon.store.models import IdempotencyKey, Post, UsageCounter
+from daemon.store.models import IdempotencyKey, Post, UsageCounter, WebhookSubscription
 from tests.conftest import make_settings
 
 START = datetime(2026, 5, 14, 10, 0, tzinfo=UTC)
@@ -438,7 +438,8 @@ async def test_concurrent_identical_requests_run_once(
 async def scheduling_world(app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock) -> Any:
     """A daemon (its real gate and routes), a user with a sandbox page and a live token."""
     clock.set(START)
-    app = await app_factory(make_settings(tmp_path, db_url))
+    loopback = {"allow_loopback": True, "allow_http": True}  # for webhook subscriptions
+    app = await app_factory(make_settings(tmp_path, db_url, netguard=loopback))
     now = clock.now()
     async with app.sessions() as session, session.begin():
         user, _ = await tokens.add_user(session, "a@example.com", now, tier="pro")
@@ -578,3 +579,33 @@ async def test_a_publish_whose_process_died_is_carried_on_not_repeated(
     assert len(app.adapters["sandbox"].published_records()) == 1
     assert replay.headers.get("Idempotency-Replayed") == "true"
     assert replay.content == retry.content
+
+
+async def test_a_webhook_subscription_is_stored_with_its_answer(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /webhooks stores its 201 (the secret included) in the subscription's transaction:
+    with nothing written after the handler, the retry after the lock expired replays it and
+    the URL is subscribed once."""
+    app, auth, _ = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    late_writes: list[Any] = []
+
+    async def died(*args: Any) -> None:
+        late_writes.append(args)
+
+    monkeypatch.setattr(idempotency, "_settle", died)
+    headers = {**auth, "Idempotency-Key": "hook-1"}
+    body = {"url": "http://127.0.0.1:9/hook", "events": ["post.published"]}
+    async with daemon_client(app) as http:
+        first = await http.post("/webhooks", json=body, headers=headers)
+        clock.advance(idempotency.LOCK.total_seconds() + 1)
+        retry = await http.post("/webhooks", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert retry.headers.get("Idempotency-Replayed") == "true" and retry.content == first.content
+    assert first.json()["webhook"]["secret"]
+    assert await counted(app, WebhookSubscription) == 1
+    assert late_writes == []

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from daemon import netguard
-from daemon.api import queries, schemas
+from daemon.api import idempotency, queries, schemas
 from daemon.api.deps import Principal, require
 from daemon.api.errors import ApiError
 from daemon.api.routers import error_responses
@@ -46,9 +46,9 @@ def guard(request: Request) -> netguard.Policy:
     responses=error_responses(),
     summary="Subscribe a URL to events (the answer holds the secret, once)",
 )
-async def create(
-    request: Request, body: schemas.WebhookBody, principal: WriteWebhooks
-) -> dict[str, Any]:
+async def create(request: Request, body: schemas.WebhookBody, principal: WriteWebhooks) -> Response:
+    """The 201 is stored under the Idempotency-Key in the subscription's own transaction: a
+    retry after a crash replays it (with the secret) instead of subscribing the URL twice."""
     app = queries.postd(request)
     who = caller(principal)
     async with app.sessions() as session, session.begin():
@@ -61,7 +61,13 @@ async def create(
             now=app.clock.now(),
             guard=guard(request),
         )
-    return {"webhook": views.webhook_dict(sub, secret)}
+        one = schemas.WebhookOne.model_validate({"webhook": views.webhook_dict(sub, secret)})
+        json = one.model_dump_json(exclude_unset=True)
+        response = Response(json, 201, media_type="application/json")
+        slot = idempotency.current()
+        await idempotency.keep_in(await session.connection(), slot, response)
+    idempotency.kept(slot)
+    return response
 
 
 @router.get(
