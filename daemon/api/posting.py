@@ -280,27 +280,28 @@ async def insert(
     schedule a second post; it costs no write of its own), or with ``remember`` the post's id
     (:func:`daemon.api.idempotency.remember_in`), for a response that comes later."""
     key = idempotency.current()
+    # Checked in step 1; a Core insert (an ORM session here cost more than the insert). The row
+    # and the response are made here, not in the job, which holds the write lock.
+    values = services.post_values(draft.new, draft.page, now)
+    values["created_by"] = f"token:{principal.token_id}"
+    post = Post(**values)
+    response = None if respond is None else respond(post)
 
-    async def job(conn: AsyncConnection) -> tuple[Post, Response | None, Warnings]:
+    async def job(conn: AsyncConnection) -> Warnings:
         warnings: Warnings = ()
         if not principal.sandbox:
             warnings = await limits.charge_in(
                 conn, app, principal.user_id, principal.tier, PUBLISHES, now
             )
-        # Checked in step 1; a Core insert (an ORM session here cost more than the insert).
-        values = services.post_values(draft.new, draft.page, now)
-        values["created_by"] = f"token:{principal.token_id}"
         await conn.execute(_INSERT_POST, values)
         await notify.due(conn, values["due_at"])
-        post = Post(**values)
-        response = None if respond is None else respond(post)
         if response is not None:
             await idempotency.keep_in(conn, key, response)
         elif remember and key is not None:
             await idempotency.remember_in(conn, key, post.id)
-        return post, response, warnings
+        return warnings
 
-    post, response, warnings = await writer.write(app, job)
+    warnings = await writer.write(app, job)
     if response is not None:
         idempotency.kept(key)
     if warnings:
