@@ -465,6 +465,31 @@ def daemon_client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://t/api/v1")
 
 
+async def across_a_death(
+    app: Any,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> tuple[httpx.Response, httpx.Response]:
+    """The request, then its retry once the key's lock expired, with nothing written after the
+    handler (what a process that dies right after the action writes); asserts nothing was left
+    to write."""
+    late_writes: list[Any] = []
+
+    async def died(*args: Any) -> None:
+        late_writes.append(args)
+
+    monkeypatch.setattr(idempotency, "_settle", died)
+    async with daemon_client(app) as http:
+        first = await http.post(path, json=body, headers=headers)
+        clock.advance(idempotency.LOCK.total_seconds() + 1)
+        retry = await http.post(path, json=body, headers=headers)
+    assert late_writes == []
+    return first, retry
+
+
 async def test_a_schedule_is_stored_with_its_post(
     app_factory: Any,
     tmp_path: Path,
@@ -476,23 +501,13 @@ async def test_a_schedule_is_stored_with_its_post(
     after the handler (as when the process dies right after the post commits), a retry once
     the key's lock has expired replays it instead of scheduling a second post."""
     app, auth, body = await scheduling_world(app_factory, tmp_path, db_url, clock)
-    late_writes: list[int | None] = []
-
-    async def died(_app: Any, _req: Any, _owned: Any, captured: Any) -> None:
-        late_writes.append(captured.status)
-
-    monkeypatch.setattr(idempotency, "_settle", died)
     headers = {**auth, "Idempotency-Key": "sched-1"}
-    async with daemon_client(app) as http:
-        first = await http.post("/posts/schedule", json=body, headers=headers)
-        clock.advance(idempotency.LOCK.total_seconds() + 1)
-        retry = await http.post("/posts/schedule", json=body, headers=headers)
+    first, retry = await across_a_death(app, clock, monkeypatch, "/posts/schedule", body, headers)
     assert first.status_code == 201, first.text
     assert retry.status_code == 201 and retry.headers.get("Idempotency-Replayed") == "true"
     assert retry.content == first.content
     assert retry.json()["scheduled_post"]["id"] == first.json()["scheduled_post"]["id"]
     assert await counted(app, Post) == 1
-    assert late_writes == []  # nothing was left to write after the handler
 
 
 async def test_a_schedule_whose_key_was_taken_over_is_undone(
@@ -592,20 +607,10 @@ async def test_a_webhook_subscription_is_stored_with_its_answer(
     with nothing written after the handler, the retry after the lock expired replays it and
     the URL is subscribed once."""
     app, auth, _ = await scheduling_world(app_factory, tmp_path, db_url, clock)
-    late_writes: list[Any] = []
-
-    async def died(*args: Any) -> None:
-        late_writes.append(args)
-
-    monkeypatch.setattr(idempotency, "_settle", died)
     headers = {**auth, "Idempotency-Key": "hook-1"}
     body = {"url": "http://127.0.0.1:9/hook", "events": ["post.published"]}
-    async with daemon_client(app) as http:
-        first = await http.post("/webhooks", json=body, headers=headers)
-        clock.advance(idempotency.LOCK.total_seconds() + 1)
-        retry = await http.post("/webhooks", json=body, headers=headers)
+    first, retry = await across_a_death(app, clock, monkeypatch, "/webhooks", body, headers)
     assert first.status_code == 201, first.text
     assert retry.headers.get("Idempotency-Replayed") == "true" and retry.content == first.content
     assert first.json()["webhook"]["secret"]
     assert await counted(app, WebhookSubscription) == 1
-    assert late_writes == []
