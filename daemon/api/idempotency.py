@@ -19,6 +19,9 @@ lock expires, would run again (:func:`keep_in`, :func:`kept`). ``POST /posts/sch
 later (``POST /posts/publish`` waits for the platform) records the post it inserted on the key
 in the insert's transaction instead (:func:`remember_in`); a retry that takes the key over from a
 dead owner finds it in ``current().resumed`` and waits for that post rather than making another.
+``POST /posts/schedule/bulk`` commits its items one by one and records each item's post on the
+key with it (``remember_in(..., item=i)``); a take-over finds them in ``current().made`` and
+answers those items with their posts instead of scheduling them again.
 
 A running row whose lock expired (its process died) is taken over, and a row older than
 ``api.idempotency_hours`` counts as absent. A 429 is not stored (the key is released): it means
@@ -86,12 +89,23 @@ class Seen:
     response_body: bytes | None = None
     response_headers: dict[str, Any] = field(default_factory=dict)
     post_id: str | None = None  # the post a running publish inserted (remember_in)
+    made: dict[str, str] | None = None  # a running bulk's posts so far, by item (remember_in)
 
 
-def resumes(seen: Seen, now: datetime, ttl: timedelta) -> str | None:
-    """The post a take-over of ``seen`` carries on with: the one its dead owner inserted, unless
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What a take-over carries on with: what its dead owner made (nothing for a new action)."""
+
+    post_id: str | None = None
+    made: dict[int, str] = field(default_factory=dict)
+
+
+def resumes(seen: Seen, now: datetime, ttl: timedelta) -> Resumed:
+    """What a take-over of ``seen`` carries on with: the post(s) its dead owner inserted, unless
     the row is past ``ttl`` (then the key is free for a new action)."""
-    return seen.post_id if seen.created_at > now - ttl else None
+    if seen.created_at <= now - ttl:
+        return Resumed()
+    return Resumed(seen.post_id, {int(i): post for i, post in (seen.made or {}).items()})
 
 
 def decide(seen: Seen | None, request_hash: str, now: datetime, ttl: timedelta) -> Action:
@@ -216,7 +230,7 @@ class Outcome:
     action: Action  # CLAIM: ours to run; REPLAY / MISMATCH; WAIT: still running after ~2 s
     seen: Seen | None = None
     owned: datetime | None = None  # CLAIM: the row's created_at, our fencing token
-    resumed: str | None = None  # CLAIM by take-over: the post the dead owner inserted
+    resumed: Resumed = Resumed()  # CLAIM by take-over: what the dead owner inserted
 
 
 _COLUMNS = (
@@ -227,6 +241,7 @@ _COLUMNS = (
     IdempotencyKey.response_body,
     IdempotencyKey.response_headers,
     IdempotencyKey.post_id,
+    IdempotencyKey.made,
 )
 
 
@@ -288,6 +303,7 @@ class Slot:
     owned: datetime
     stored: bool = False
     resumed: str | None = None  # the post of a dead owner's run (remember_in) to carry on with
+    made: dict[int, str] = field(default_factory=dict)  # a bulk's posts by item, committed
 
 
 _CURRENT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
@@ -334,14 +350,29 @@ def kept(slot: Slot | None) -> None:
 _REMEMBER = update(IdempotencyKey).where(_MINE, IdempotencyKey.status.is_(None))
 
 
-async def remember_in(conn: AsyncConnection, slot: Slot, post_id: str) -> None:
+async def remember_in(
+    conn: AsyncConnection, slot: Slot, post_id: str, item: int | None = None
+) -> None:
     """Record, in ``conn``'s transaction (the one inserting the post), that ``slot``'s request
     made ``post_id``: should its process die before the response is stored, the retry that takes
     the key over gets it as ``Slot.resumed`` and waits for that post instead of making another.
-    Raises 409 IDEMPOTENCY_KEY_IN_USE when the key is no longer this request's."""
+    With ``item``, the post of that item of a bulk request, kept with the items before it (the
+    retry gets them as ``Slot.made``); call :func:`made` once ``conn``'s transaction is
+    committed. Raises 409 IDEMPOTENCY_KEY_IN_USE when the key is no longer this request's."""
     params = {"m_token": slot.req.token_id, "m_key": slot.req.key, "m_owned": slot.owned}
-    result = await conn.execute(_REMEMBER.values(post_id=post_id), params)
+    if item is None:
+        values: dict[str, Any] = {"post_id": post_id}
+    else:
+        values = {"made": {str(i): p for i, p in {**slot.made, item: post_id}.items()}}
+    result = await conn.execute(_REMEMBER.values(**values), params)
     _still_mine(result.rowcount, slot)
+
+
+def made(slot: Slot | None, item: int, post_id: str) -> None:
+    """The transaction that recorded ``item``'s post (``remember_in(..., item=item)``) is
+    committed: the next item's record includes it."""
+    if slot is not None:
+        slot.made[item] = post_id
 
 
 def _still_mine(rowcount: int, slot: Slot) -> None:
@@ -363,7 +394,7 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
         "locked_until": now + LOCK,
     }
 
-    async def claim(conn: AsyncConnection) -> Outcome | tuple[int, str | None]:
+    async def claim(conn: AsyncConnection) -> Outcome | tuple[int, Resumed]:
         """The outcome, or the rowcount of a take-over and the post it resumes."""
         row = {"token_id": req.token_id, "key": req.key, **fields}
         inserted = await conn.execute(_claim_statement(conn.dialect.name), row)
@@ -376,10 +407,11 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
         if action is not Action.TAKE_OVER:
             return Outcome(action, seen)
         resumed = resumes(seen, now, ttl)
+        made = {str(i): post for i, post in resumed.made.items()} or None
         taken = await conn.execute(
             update(IdempotencyKey)
             .where(req.where(), IdempotencyKey.created_at == seen.created_at)
-            .values(**fields, post_id=resumed)
+            .values(**fields, post_id=resumed.post_id, made=made)
         )
         return int(taken.rowcount), resumed
 
@@ -389,7 +421,13 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
     taken, resumed = got
     if taken != 1:
         return Outcome(Action.WAIT)
-    log.info("idempotency_key_taken_over", token_id=req.token_id, path=req.path, post_id=resumed)
+    log.info(
+        "idempotency_key_taken_over",
+        token_id=req.token_id,
+        path=req.path,
+        post_id=resumed.post_id,
+        made=len(resumed.made),
+    )
     return Outcome(Action.CLAIM, owned=now, resumed=resumed)
 
 
@@ -475,7 +513,8 @@ async def _run(
     and stored unless the handler stored it with its action."""
     assert outcome.owned is not None
     owned = outcome.owned
-    slot = Slot(req, owned, resumed=outcome.resumed)
+    resumed = outcome.resumed
+    slot = Slot(req, owned, resumed=resumed.post_id, made=dict(resumed.made))
     captured, beat = Captured(), _Beat(postd_app, req, owned)
     reset = _CURRENT.set(slot)
     try:

@@ -270,6 +270,7 @@ async def insert(
     *,
     respond: Respond | None = None,
     remember: bool = False,
+    item: int | None = None,
 ) -> tuple[Post, Response | None]:
     """Steps 2 and 3 in one savepoint of the API's group commit (daemon/store/writer.py): the
     publish off the monthly bucket (MONTHLY_LIMIT_EXCEEDED rolls back, counting nothing; sandbox
@@ -278,7 +279,8 @@ async def insert(
     When the request owns an Idempotency-Key, that savepoint also writes, with ``respond``, the
     response it renders (a crash cannot commit the post without it, and a retry would then
     schedule a second post; it costs no write of its own), or with ``remember`` the post's id
-    (:func:`daemon.api.idempotency.remember_in`), for a response that comes later."""
+    (:func:`daemon.api.idempotency.remember_in`), for a response that comes later; with ``item``
+    too, as that item of a bulk request."""
     key = idempotency.current()
     # Checked in step 1; a Core insert (an ORM session here cost more than the insert). The row
     # and the response are made here, not in the job, which holds the write lock.
@@ -298,12 +300,14 @@ async def insert(
         if response is not None:
             await idempotency.keep_in(conn, key, response)
         elif remember and key is not None:
-            await idempotency.remember_in(conn, key, post.id)
+            await idempotency.remember_in(conn, key, post.id, item)
         return warnings
 
     warnings = await writer.write(app, job)
     if response is not None:
         idempotency.kept(key)
+    elif remember and item is not None:
+        idempotency.made(key, item, post.id)
     if warnings:
         await limits.notify(app, principal.user_id, warnings, now)
     app.dispatcher.notify_due(post.due_at)
@@ -317,12 +321,14 @@ async def create(
     at: datetime | None,
     *,
     remember: bool = False,
+    item: int | None = None,
 ) -> Post:
     """Check, count and insert the post of ``body`` (``at`` None: due now); ``remember``: its id
-    on the request's Idempotency-Key (see :func:`insert`)."""
+    on the request's Idempotency-Key, as ``item`` of a bulk request if given (see
+    :func:`insert`)."""
     now = app.clock.now()
     draft = await prepare(app, principal, body, at, now)
-    post, _ = await insert(app, principal, draft, now, remember=remember)
+    post, _ = await insert(app, principal, draft, now, remember=remember, item=item)
     return post
 
 

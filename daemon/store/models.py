@@ -326,6 +326,9 @@ class IdempotencyKey(Base):
     # A running POST /posts/publish's post, written with it: a retry that takes the key over
     # after the owner died waits for that post instead of publishing a second one.
     post_id: Mapped[str | None] = mapped_column(ID)
+    # A running POST /posts/schedule/bulk's posts so far, {item index: post id}, each written
+    # with its post: a retry that takes the key over answers those items instead of repeating.
+    made: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 # -- webhooks (issue 4): subscriptions, deliveries, attempts -----------------------------------

@@ -472,10 +472,12 @@ async def across_a_death(
     path: str,
     body: dict[str, Any],
     headers: dict[str, str],
+    *,
+    handler_stores: bool = True,
 ) -> tuple[httpx.Response, httpx.Response]:
     """The request, then its retry once the key's lock expired, with nothing written after the
-    handler (what a process that dies right after the action writes); asserts nothing was left
-    to write."""
+    handler (what a process that dies right after the action writes); with ``handler_stores``,
+    asserts nothing was left to write (the handler stored its response with its action)."""
     late_writes: list[Any] = []
 
     async def died(*args: Any) -> None:
@@ -486,7 +488,8 @@ async def across_a_death(
         first = await http.post(path, json=body, headers=headers)
         clock.advance(idempotency.LOCK.total_seconds() + 1)
         retry = await http.post(path, json=body, headers=headers)
-    assert late_writes == []
+    if handler_stores:
+        assert late_writes == []
     return first, retry
 
 
@@ -614,3 +617,98 @@ async def test_a_webhook_subscription_is_stored_with_its_answer(
     assert retry.headers.get("Idempotency-Replayed") == "true" and retry.content == first.content
     assert first.json()["webhook"]["secret"]
     assert await counted(app, WebhookSubscription) == 1
+
+
+async def test_a_bulk_whose_process_died_part_way_schedules_only_the_rest(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """POST /posts/schedule/bulk commits item by item, each item's post recorded on the key with
+    it. The process dies while scheduling the third of three items (nothing more is written):
+    the retry once the lock expired answers the first two with the posts already made and
+    schedules only the third: three posts, three publishes counted, every item 201."""
+    app, auth, one = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    items = [
+        {
+            **one,
+            "message": f"item {n}",
+            "scheduled_at": (START + timedelta(hours=2 + n)).isoformat(),
+        }
+        for n in range(3)
+    ]
+    real_create, calls = posting.create, 0
+
+    async def dies_on_the_third(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("the process died while scheduling the third item")
+        return await real_create(*args, **kwargs)
+
+    monkeypatch.setattr(posting, "create", dies_on_the_third)
+    headers = {**auth, "Idempotency-Key": "bulk-1"}
+    first, retry = await across_a_death(
+        app,
+        clock,
+        monkeypatch,
+        "/posts/schedule/bulk",
+        {"posts": items},
+        headers,
+        handler_stores=False,
+    )
+    assert first.status_code == 500
+    assert retry.status_code == 200, retry.text
+    results = retry.json()["results"]
+    assert [r["status"] for r in results] == [201, 201, 201], results
+    assert retry.json()["scheduled"] == 3
+    async with app.sessions() as session:
+        posts = {p.id: p.message for p in await session.scalars(select(Post))}
+        used = await session.scalar(
+            select(func.sum(UsageCounter.count)).where(UsageCounter.bucket == "publishes")
+        )
+    assert {r["scheduled_post"]["id"]: r["scheduled_post"]["message"] for r in results} == posts
+    assert sorted(posts.values()) == ["item 0", "item 1", "item 2"]
+    assert used == 3
+    assert calls == 4  # items 0 and 1 once each, item 2 twice: the death, then the retry
+
+
+async def test_a_bulk_whose_key_was_taken_over_stops_there(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the key stops being the bulk's while it runs, the item being scheduled is rolled
+    back and the request answers 409 IDEMPOTENCY_KEY_IN_USE (not a 200 listing the rest as
+    failed): the items before it stay, recorded for the key's new owner."""
+    app, auth, one = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    items = [
+        {**one, "scheduled_at": (START + timedelta(hours=2 + n)).isoformat()} for n in range(3)
+    ]
+    real_prepare, calls = posting.prepare, 0
+
+    async def taken_over_on_the_second(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        draft = await real_prepare(*args)
+        if calls == 2:
+            async with app.sessions() as session, session.begin():
+                later = clock.now() + timedelta(seconds=1)
+                await session.execute(update(IdempotencyKey).values(created_at=later))
+        return draft
+
+    monkeypatch.setattr(posting, "prepare", taken_over_on_the_second)
+    headers = {**auth, "Idempotency-Key": "bulk-2"}
+    async with daemon_client(app) as http:
+        response = await http.post("/posts/schedule/bulk", json={"posts": items}, headers=headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "IDEMPOTENCY_KEY_IN_USE"
+    assert calls == 2
+    async with app.sessions() as session:
+        (post,) = list(await session.scalars(select(Post)))
+        stored = await session.scalar(select(IdempotencyKey.made))
+    assert stored == {"0": post.id}

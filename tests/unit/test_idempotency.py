@@ -70,10 +70,14 @@ def test_poll_budget_is_about_two_seconds() -> None:
     assert idempotency.POLL_DELAYS[0] <= 0.01
 
 
-def test_a_take_over_resumes_the_dead_owners_post_only_within_the_ttl() -> None:
-    """The post a dead owner inserted is carried on with while its key lives; a key past its
-    ttl is a new key, whatever it held."""
+def test_a_take_over_resumes_the_dead_owners_posts_only_within_the_ttl() -> None:
+    """The post(s) a dead owner inserted are carried on with while its key lives (a bulk's by
+    item, stored as JSON with string keys); a key past its ttl is a new key, whatever it held."""
     seen = idempotency.Seen(HASH, None, NOW - timedelta(minutes=5), NOW, post_id="p1")
-    assert idempotency.resumes(seen, NOW, TTL) == "p1"
-    assert idempotency.resumes(replace(seen, post_id=None), NOW, TTL) is None
-    assert idempotency.resumes(replace(seen, created_at=NOW - TTL), NOW, TTL) is None
+    assert idempotency.resumes(seen, NOW, TTL) == idempotency.Resumed("p1", {})
+    assert idempotency.resumes(replace(seen, post_id=None), NOW, TTL) == idempotency.Resumed()
+    bulk = replace(seen, post_id=None, made={"0": "p1", "2": "p3"})
+    assert idempotency.resumes(bulk, NOW, TTL).made == {0: "p1", 2: "p3"}
+    assert idempotency.resumes(replace(bulk, created_at=NOW - TTL), NOW, TTL) == (
+        idempotency.Resumed()
+    )

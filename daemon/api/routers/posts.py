@@ -4,7 +4,7 @@ list published ones. Publishing now is in :mod:`daemon.api.routers.publish`."""
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -12,13 +12,16 @@ from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, or_, select, tuple_
 
 from daemon import lifecycle, services
-from daemon.api import errors, posting, queries, schemas
+from daemon.api import errors, idempotency, posting, queries, schemas
 from daemon.api.routers import ReadPosts, WritePosts, error_responses
 from daemon.api.routers.brands import CURSOR
 from daemon.dispatch import transitions
 from daemon.store import db, notify
 from daemon.store.models import Page, Post, PublishAttempt
 from daemon.timefmt import iso, parse_instant
+
+if TYPE_CHECKING:
+    from daemon.app import App
 
 router = APIRouter(tags=["posts"])
 LIMIT = Query(default=50, ge=1, le=100, description="At most this many items (1-100)")
@@ -67,19 +70,42 @@ def _item_error(exc: Exception) -> errors.ApiError:
 async def schedule_bulk(
     request: Request, body: schemas.BulkBody, principal: WritePosts
 ) -> dict[str, Any]:
+    """Each item is checked, counted and committed on its own (a later item's guardrails see the
+    earlier ones), its post recorded on the Idempotency-Key with it: a retry that takes the key
+    over from a process that died part-way answers those items with their posts and schedules
+    only the rest."""
     app = queries.postd(request)
+    key = idempotency.current()
+    made = await _made_before(app, key.made if key is not None else {})
     results: list[dict[str, Any]] = []
     for index, raw in enumerate(body.posts):
+        if index in made:
+            results.append({"index": index, "status": 201, "scheduled_post": wire(made[index])})
+            continue
         try:
             item = schemas.ScheduleBody.model_validate(raw)
-            post = await posting.create(app, principal, item, posting.scheduled_at(item))
+            at = posting.scheduled_at(item)
+            post = await posting.create(app, principal, item, at, remember=True, item=index)
         except Exception as exc:
             error = _item_error(exc)
+            if error.spec.code == "IDEMPOTENCY_KEY_IN_USE":
+                raise  # the key was taken over meanwhile: its new owner goes on from here
             results.append({"index": index, "status": error.status, "error": error.body()})
             continue
         results.append({"index": index, "status": 201, "scheduled_post": wire(post)})
     done = sum(1 for r in results if r["status"] == 201)
     return {"results": results, "scheduled": done, "failed": len(results) - done}
+
+
+async def _made_before(app: App, made: dict[int, str]) -> dict[int, Post]:
+    """The posts a dead run of this bulk request made, by item (none unless it is a retry)."""
+    if not made:
+        return {}
+    async with queries.read_session(app) as session:
+        found = {
+            p.id: p for p in await session.scalars(select(Post).where(Post.id.in_(made.values())))
+        }
+    return {item: found[post_id] for item, post_id in made.items() if post_id in found}
 
 
 @functools.cache
