@@ -31,6 +31,7 @@ from daemon import config, ids
 from daemon.api import deps
 from daemon.api.errors import ApiError
 from daemon.errors import InputError, NotFoundError
+from daemon.store.hot import Hot
 from daemon.store.models import ApiToken, Brand, BrandAuditEntry, Collaborator, User, UTCDateTime
 from daemon.store.sync_sqlite import Reads
 from daemon.timefmt import iso
@@ -678,7 +679,7 @@ _SHARED = (
     .where(_SHARERS.c.user_id == _TOKENS.c.user_id, _SHARERS.c.removed_at.is_(None))
     .scalar_subquery()
 )
-_AUTH = (
+_AUTH = Hot(
     select(
         *(
             _TOKENS.c[name]
@@ -754,7 +755,7 @@ async def authenticate(
     if not well_formed(raw_token):
         raise AuthError("INVALID_TOKEN", "This API token is malformed or not found")
     digest = hash_token(raw_token)
-    row = (await db.execute(_AUTH, {"digest": digest})).first()
+    row = await _AUTH.first(db, {"digest": digest})
     if row is None or not hmac.compare_digest(row.secret_hash, digest):
         raise AuthError("INVALID_TOKEN", "This API token is malformed or not found")
     _check_usable(row, client_ip, now)

@@ -53,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from daemon.api import errors
 from daemon.api.deps import Principal
 from daemon.store import db, writer
+from daemon.store.hot import Hot
 from daemon.store.models import IdempotencyKey
 
 log = structlog.get_logger("postd.idempotency")
@@ -255,12 +256,12 @@ async def _read(postd_app: Any, req: Request) -> Seen | None:
 
 
 @functools.cache
-def _claim_statement(dialect: str) -> Any:
+def _claim_statement(dialect: str) -> Hot:
     """``INSERT ... ON CONFLICT DO NOTHING RETURNING key``, built once: executed with the row as
     parameters its compiled form comes from SQLAlchemy's cache (``.values()`` per call would
     build and key a new statement every time)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(IdempotencyKey).on_conflict_do_nothing().returning(IdempotencyKey.key)
+    return Hot(insert(IdempotencyKey).on_conflict_do_nothing().returning(IdempotencyKey.key))
 
 
 _MINE = and_(
@@ -278,6 +279,7 @@ _STORE = (
         locked_until=None,
     )
 )
+_HOT_STORE = Hot(_STORE)
 _RELEASE = delete(IdempotencyKey).where(_MINE)
 
 
@@ -327,8 +329,8 @@ async def store_in(
     its action; the caller sets ``slot.stored`` once that transaction is committed. Raises 409
     IDEMPOTENCY_KEY_IN_USE when the key is no longer this request's (its lock expired and a
     retry took it over): the caller's transaction must then roll back, action included."""
-    result = await conn.execute(_STORE, _store_params(slot.req, slot.owned, status, headers, body))
-    _still_mine(result.rowcount, slot)
+    params = _store_params(slot.req, slot.owned, status, headers, body)
+    _still_mine(await _HOT_STORE.run(conn, params), slot)
 
 
 async def keep_in(conn: AsyncConnection, slot: Slot | None, response: Response) -> None:
@@ -397,8 +399,7 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
     async def claim(conn: AsyncConnection) -> Outcome | tuple[int, Resumed]:
         """The outcome, or the rowcount of a take-over and the post it resumes."""
         row = {"token_id": req.token_id, "key": req.key, **fields}
-        inserted = await conn.execute(_claim_statement(conn.dialect.name), row)
-        if inserted.first() is not None:
+        if await _claim_statement(conn.dialect.name).first(conn, row) is not None:
             return Outcome(Action.CLAIM, owned=now)
         seen = _seen((await conn.execute(select(*_COLUMNS).where(req.where()))).first())
         action = decide(seen, req.hash, now, ttl)

@@ -50,6 +50,7 @@ from daemon import config, timefmt
 from daemon.api.deps import Principal
 from daemon.api.errors import ApiError
 from daemon.store import db, writer
+from daemon.store.hot import Hot
 from daemon.store.models import OutboxEvent, UsageCounter
 
 log = structlog.get_logger("postd.limits")
@@ -391,6 +392,12 @@ def _upsert(dialect: str) -> Any:
     )
 
 
+@functools.cache
+def _hot_upsert(dialect: str) -> Hot:
+    """:func:`_upsert` for one row (daemon/store/hot.py)."""
+    return Hot(_upsert(dialect))
+
+
 async def _count(postd_app: Any, jobs: Sequence[Job]) -> list[Verdict]:
     """Count ``jobs`` in one transaction of their own (see :func:`count_in`)."""
     now = _now_of(postd_app)
@@ -413,7 +420,10 @@ async def count_in(
         {"subject": s, "bucket": b, "period": p, "count": n, "flagged": 0}
         for (s, b, p), n in sorted(added(jobs).items())
     ]
-    result = await conn.execute(_upsert(conn.dialect.name), rows)
+    if len(rows) == 1:  # a publish's charge: the statement on its own, without SQLAlchemy
+        result: Any = await _hot_upsert(conn.dialect.name).all(conn, rows[0])
+    else:
+        result = await conn.execute(_upsert(conn.dialect.name), rows)
     after = {(r[0], r[1], r[2]): (int(r[3]), int(r[4])) for r in result}
     settled = settle(jobs, after)
     await _write_back(conn, _TAKE_BACK, "n", settled.excess)

@@ -43,6 +43,7 @@ from daemon.api.deps import Principal
 from daemon.api.schemas import PublishBody, ScheduleBody
 from daemon.errors import InputError
 from daemon.store import db, notify, writer
+from daemon.store.hot import Hot, detached
 from daemon.store.models import Page, Post
 from daemon.timefmt import iso, parse_instant
 
@@ -56,7 +57,7 @@ LOOKAHEAD = timedelta(hours=48)
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv"})
 _NUMERIC_HOST = re.compile(r"[0-9a-fA-Fx.]+")
 PUBLISHES = "publishes"
-_INSERT_POST = sql_insert(Post)
+_INSERT_POST = Hot(sql_insert(Post))
 Respond = Callable[[Post], Response]  # the whole HTTP answer for a post just inserted
 Warnings = tuple[limits.QuotaWarning, ...]
 
@@ -286,7 +287,7 @@ async def insert(
     # and the response are made here, not in the job, which holds the write lock.
     values = services.post_values(draft.new, draft.page, now)
     values["created_by"] = f"token:{principal.token_id}"
-    post = Post(**values)
+    post = detached(Post, values)
     response = None if respond is None else respond(post)
 
     async def job(conn: AsyncConnection) -> Warnings:
@@ -295,7 +296,7 @@ async def insert(
             warnings = await limits.charge_in(
                 conn, app, principal.user_id, principal.tier, PUBLISHES, now
             )
-        await conn.execute(_INSERT_POST, values)
+        await _INSERT_POST.run(conn, values)
         await notify.due(conn, values["due_at"])
         if response is not None:
             await idempotency.keep_in(conn, key, response)

@@ -31,6 +31,7 @@ from daemon.api.deps import Principal
 from daemon.api.errors import ApiError
 from daemon.errors import InputError
 from daemon.store import db
+from daemon.store.hot import Hot, detached
 from daemon.store.models import Brand, Collaborator, Page, Post
 from daemon.store.sync_sqlite import Reads
 from daemon.timefmt import iso, parse_instant
@@ -166,16 +167,16 @@ async def reachable_brand(session: AsyncSession, principal: Principal, brand_id:
     return brand
 
 
-_PAGE = select(*Page.__table__.c).where(Page.id == bindparam("page_id"))
+_PAGE = Hot(select(*Page.__table__.c).where(Page.id == bindparam("page_id")))
 
 
 async def reachable_page(session: Reader, principal: Principal, page_id: str) -> Page:
     """The page, read as a row and returned detached (the ORM's identity-map lookup cost a tenth
     of a schedule); change it in a session of your own."""
-    row = (await session.execute(_PAGE, {"page_id": page_id})).first()
+    row = await _PAGE.first(session, {"page_id": page_id})
     if row is None or row.brand_id not in principal.brand_ids:
         raise ApiError("NOT_FOUND", f"No page {page_id!r}", field="page_id")
-    return Page(**row._mapping)
+    return detached(Page, row._asdict())
 
 
 async def reachable_post(
@@ -299,7 +300,7 @@ def _histories_statement(scheduled: bool, exclude: bool) -> Any:
 
 
 @functools.cache
-def _nearby_statement(exclude: bool) -> Any:
+def _nearby_statement(exclude: bool) -> Hot:
     """The query of :func:`nearby`: four counts in one pass over the brand's day either side."""
     instant = func.coalesce(Post.counted_at, Post.due_at)
     on_page = Post.page_id == bindparam("n_page")
@@ -308,12 +309,14 @@ def _nearby_statement(exclude: bool) -> Any:
         hit = and_(on_page, instant > _instant(lo), instant < _instant(hi))
         return func.coalesce(func.sum(case((hit, 1), else_=0)), 0)
 
-    return select(
-        within("n_hour_lo", "n_hour_hi"),
-        func.coalesce(func.sum(case((on_page, 1), else_=0)), 0),
-        within("n_gap_lo", "n_gap_hi"),
-        func.count(),
-    ).where(_counting(True, exclude))
+    return Hot(
+        select(
+            within("n_hour_lo", "n_hour_hi"),
+            func.coalesce(func.sum(case((on_page, 1), else_=0)), 0),
+            within("n_gap_lo", "n_gap_hi"),
+            func.count(),
+        ).where(_counting(True, exclude))
+    )
 
 
 async def nearby(
@@ -332,7 +335,7 @@ async def nearby(
         "n_gap_lo": at - min_gap,
         "n_gap_hi": at + min_gap,
     }
-    row = (await session.execute(_nearby_statement(exclude is not None), params)).one()
+    row = await _nearby_statement(exclude is not None).one(session, params)
     return guardrails.Nearby(*(int(n) for n in row))
 
 

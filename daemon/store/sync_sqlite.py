@@ -37,10 +37,17 @@ class SyncReads:
     """A sync connection behind the async interface the queries use: each call runs to the end
     before it returns, on the awaiting thread."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "driver")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        # The pysqlite connection itself, for statements that skip SQLAlchemy (daemon/store/hot.py):
+        # on it they run in the same transaction, if one is open.
+        self.driver: Any = conn.connection.dbapi_connection
+
+    @property
+    def sync(self) -> Connection:
+        return self._conn
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self._conn.execute(statement, parameters)
