@@ -18,7 +18,6 @@ import httpx
 import structlog
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from adapters import (
@@ -303,7 +302,9 @@ class App:
         self._unwatch_outbox = webhook_wakeup.install(self.engine, self.deliverer.wake)
         self.notifier = systemd.Notifier.from_env()
         self.scheduler: AsyncIOScheduler | None = None
-        self.http = FastAPI(title="postd", version=__version__, docs_url=None, redoc_url=None)
+        self.http = v1.fastapi_app(
+            title="postd", version=__version__, docs_url=None, redoc_url=None
+        )
         self.http.state.postd = self
         self.http.include_router(ops.router)
         self.http.include_router(oauth.router)  # GET /oauth/callback/<name> (issue 5)
