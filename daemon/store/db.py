@@ -76,6 +76,17 @@ def _sqlite_begin(conn: Connection) -> None:
 
 NO_BEGIN = "postd_single_read"
 
+
+def _sqlite_begin_sync(conn: Connection) -> None:
+    """:func:`_sqlite_begin` for a sync pysqlite connection: the ``BEGIN IMMEDIATE`` straight
+    on the driver (through SQLAlchemy it cost an execution context per transaction)."""
+    if conn.get_execution_options().get(NO_BEGIN):
+        return
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    driver.execute("BEGIN IMMEDIATE")
+
+
 # Engines whose connections run inline (create_engine(inline=True)), and the read engines
 # (create_read_engine), by their sync engine.
 _INLINE: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -172,7 +183,7 @@ def create_sync_engine(
     engine = _sync_sqlite(url, base_dir, pool_size=pool_size, max_overflow=16 * pool_size)
     if engine is not None:
         event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin_sync)
     return engine
 
 

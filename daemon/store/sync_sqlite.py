@@ -67,8 +67,11 @@ class SyncConnection(SyncReads):
     def dialect(self) -> Any:
         return self._conn.dialect
 
-    async def exec_driver_sql(self, statement: str) -> Any:
-        return self._conn.exec_driver_sql(statement)
+    async def exec_driver_sql(self, statement: str) -> None:
+        """A statement without parameters or rows (the group writer's ``SAVEPOINT``, ``RELEASE``
+        and ``ROLLBACK TO``), straight on the driver: through SQLAlchemy each cost an execution
+        context, several times a job."""
+        self.driver.execute(statement)
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[None]:
