@@ -47,10 +47,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("postd.api")
 
-# limits.admit(postd_app, principal, method, path, now) -> rate headers, or raises ApiError
-Admit = Callable[[Any, Principal, str, str, datetime], Awaitable[dict[str, str]]]
-# idempotency.wrap(postd_app, principal, scope, receive, send, call_next)
-Wrap = Callable[[Any, Principal, Scope, Receive, Send, ASGIApp], Awaitable[None]]
+# limits.admit(postd_app, principal, method, path, now, rider) -> rate headers, or raises
+# ApiError; runs ``rider`` in its counting transaction if the request is admitted
+Admit = Callable[
+    [Any, Principal, str, str, datetime, limits.Rider | None], Awaitable[dict[str, str]]
+]
+# idempotency.wrap(postd_app, principal, scope, receive, send, call_next, admit)
+Wrap = Callable[
+    [Any, Principal, Scope, Receive, Send, ASGIApp, idempotency.Admission], Awaitable[None]
+]
 
 PREFIX = "/api/v1"
 PUBLIC_PATHS = frozenset({PREFIX, f"{PREFIX}/errors", f"{PREFIX}/openapi.json"})
@@ -328,14 +333,19 @@ class ApiGate:
     async def _serve(
         self, principal: Principal, scope: Scope, receive: Receive, send: _Responder, now: datetime
     ) -> None:
-        """Limits, then the app (through the idempotency layer for writes)."""
+        """Limits, then the app (through the idempotency layer for writes, which admits the
+        request itself: its key's claim rides in the admission's transaction)."""
         method = scope["method"]
         try:
             path = route_path(scope)
-            send.add_headers(await self._admit(self.postd, principal, method, path, now))
+
+            async def admit(rider: limits.Rider | None = None) -> None:
+                send.add_headers(await self._admit(self.postd, principal, method, path, now, rider))
+
             if method in IDEMPOTENT_METHODS:
-                await self._wrap(self.postd, principal, scope, receive, send, self.app)
+                await self._wrap(self.postd, principal, scope, receive, send, self.app, admit)
             else:
+                await admit()
                 await self.app(scope, receive, send)
         except errors.ApiError as err:
             if send.status:

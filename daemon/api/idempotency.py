@@ -2,7 +2,9 @@
 
 The first request with a key inserts an in-progress row (status NULL, ``locked_until`` = now +
 30 s): the primary key (token_id, key) is the lock, so of N concurrent requests with one key
-exactly one runs. While it runs it keeps the lock fresh (every 10 s); then it stores status,
+exactly one runs. That claim rides in the transaction that counts the request against its
+limits (``limits.admit``): a keyed request costs no group-writer transaction more than one
+without a key. While it runs it keeps the lock fresh (every 10 s); then it stores status,
 headers and body (a 5xx too, as Stripe does) and only then sends the response, so whoever saw a
 response can have it replayed. Other requests with the key get:
 
@@ -67,6 +69,10 @@ POLL_DELAYS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.2, 0.3,
 # The waiting between polls; a seam for tests.
 pause: Callable[[float], Awaitable[None]] = asyncio.sleep
 REPLAYED = (b"idempotency-replayed", b"true")
+# A group-writer job to run in the admission's transaction (limits.Rider).
+Rider = Callable[[AsyncConnection], Awaitable[None]]
+# The request's admission (see wrap): counts it, with a Rider in its transaction, or raises.
+Admission = Callable[[Rider | None], Awaitable[None]]
 
 # -- pure ------------------------------------------------------------------------------------
 
@@ -383,21 +389,34 @@ def _still_mine(rowcount: int, slot: Slot) -> None:
         raise errors.ApiError("IDEMPOTENCY_KEY_IN_USE")
 
 
-async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) -> Outcome:
-    """One short transaction: insert (or take over) the row and own it, or report what it says."""
-    fields: dict[str, Any] = {
-        "request_hash": req.hash,
-        "method": req.method,
-        "path": req.path,
-        "status": None,
-        "response_body": None,
-        "response_headers": {},
-        "created_at": now,
-        "locked_until": now + LOCK,
-    }
+class _Claim:
+    """The claim of a key, a group-writer job: insert (or take over) the row and own it, or
+    report what it says. It runs riding in the admission count's transaction (``wrap`` hands
+    it to ``limits.admit``), or, when it did not run there, in one of its own (:func:`_claim`)."""
 
-    async def claim(conn: AsyncConnection) -> Outcome | tuple[int, Resumed]:
+    def __init__(self, req: Request, now: datetime, ttl: timedelta) -> None:
+        self.req, self.now, self.ttl = req, now, ttl
+        self._got: Outcome | tuple[int, Resumed] | None = None
+
+    def _fields(self) -> dict[str, Any]:
+        req, now = self.req, self.now
+        return {
+            "request_hash": req.hash,
+            "method": req.method,
+            "path": req.path,
+            "status": None,
+            "response_body": None,
+            "response_headers": {},
+            "created_at": now,
+            "locked_until": now + LOCK,
+        }
+
+    async def __call__(self, conn: AsyncConnection) -> None:
+        self._got = await self._run(conn)
+
+    async def _run(self, conn: AsyncConnection) -> Outcome | tuple[int, Resumed]:
         """The outcome, or the rowcount of a take-over and the post it resumes."""
+        req, now, ttl, fields = self.req, self.now, self.ttl, self._fields()
         row = {"token_id": req.token_id, "key": req.key, **fields}
         if await _claim_statement(conn.dialect.name).first(conn, row) is not None:
             return Outcome(Action.CLAIM, owned=now)
@@ -416,26 +435,40 @@ async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) ->
         )
         return int(taken.rowcount), resumed
 
-    got = await writer.write(postd_app, claim)
-    if isinstance(got, Outcome):
-        return got
-    taken, resumed = got
-    if taken != 1:
-        return Outcome(Action.WAIT)
-    log.info(
-        "idempotency_key_taken_over",
-        token_id=req.token_id,
-        path=req.path,
-        post_id=resumed.post_id,
-        made=len(resumed.made),
-    )
-    return Outcome(Action.CLAIM, owned=now, resumed=resumed)
+    def outcome(self) -> Outcome | None:
+        """What the claim found, once committed; None if it has not run."""
+        got, req = self._got, self.req
+        if got is None or isinstance(got, Outcome):
+            return got
+        taken, resumed = got
+        if taken != 1:
+            return Outcome(Action.WAIT)
+        log.info(
+            "idempotency_key_taken_over",
+            token_id=req.token_id,
+            path=req.path,
+            post_id=resumed.post_id,
+            made=len(resumed.made),
+        )
+        return Outcome(Action.CLAIM, owned=self.now, resumed=resumed)
 
 
-async def _acquire(postd_app: Any, req: Request, ttl: timedelta) -> Outcome:
-    """Own the key, or what to answer instead (waiting ~2 s for a running duplicate first)."""
+async def _claim(postd_app: Any, req: Request, now: datetime, ttl: timedelta) -> Outcome:
+    """A :class:`_Claim` in a transaction of its own."""
+    claim = _Claim(req, now, ttl)
+    await writer.write(postd_app, claim)
+    outcome = claim.outcome()
+    assert outcome is not None
+    return outcome
+
+
+async def _acquire(
+    postd_app: Any, req: Request, ttl: timedelta, claimed: Outcome | None = None
+) -> Outcome:
+    """Own the key, or what to answer instead (waiting ~2 s for a running duplicate first);
+    ``claimed``: what the claim that rode in the admission found, if it ran."""
     clock = postd_app.clock
-    outcome = await _claim(postd_app, req, clock.now(), ttl)
+    outcome = claimed if claimed is not None else await _claim(postd_app, req, clock.now(), ttl)
     delays = list(POLL_DELAYS)
     while outcome.action is Action.WAIT and delays:
         await pause(delays.pop(0))
@@ -553,32 +586,49 @@ async def _answer(outcome: Outcome, scope: Scope, receive: Receive, send: Send) 
     await errors.response(error)(scope, receive, send)
 
 
+async def _admitted(rider: Rider | None = None) -> None:
+    """No admission to pass (wrap() without one)."""
+
+
 async def wrap(
-    postd_app: Any, principal: Principal, scope: Scope, receive: Receive, send: Send, inner: ASGIApp
+    postd_app: Any,
+    principal: Principal,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    inner: ASGIApp,
+    admit: Admission = _admitted,
 ) -> None:
     """Serve one POST / PATCH / DELETE with its ``Idempotency-Key`` honoured (see the module).
 
     No key, another method or a multipart body: ``inner`` runs as is. A key of the wrong length:
     400 INVALID_IDEMPOTENCY_KEY. Otherwise ``inner`` runs at most once per (token, key) in 24 h.
+    ``admit`` counts the request against its limits first (it raises the refusal); the key's
+    claim rides in its transaction (``limits.admit``), which so costs no transaction of its
+    own, or runs in one of its own if it did not run there.
     """
     method = str(scope.get("method", "")).upper()
     key = header(scope, b"idempotency-key")
     content_type = (header(scope, b"content-type") or "").lower()
     if key is None or method not in METHODS or content_type.startswith("multipart/form-data"):
+        await admit(None)
         await inner(scope, receive, send)
         return
     if not valid_key(key):
+        await admit(None)
         message = f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters (got {len(key)})"
         error = errors.ApiError("INVALID_IDEMPOTENCY_KEY", message)
         await errors.response(error)(scope, receive, send)
         return
     body = await _read_body(receive)
     if body is None:
-        return  # the client went away before sending its body
+        return  # the client went away before sending its body: nothing to count or run
     path = full_path(scope)
     req = Request(principal.token_id, key, method, path, request_hash(method, path, body))
     ttl = timedelta(hours=postd_app.settings.api.idempotency_hours)
-    outcome = await _acquire(postd_app, req, ttl)
+    claim = _Claim(req, postd_app.clock.now(), ttl)
+    await admit(claim)
+    outcome = await _acquire(postd_app, req, ttl, claim.outcome())
     if outcome.action is not Action.CLAIM or outcome.owned is None:
         await _answer(outcome, scope, receive, send)
         return

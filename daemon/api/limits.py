@@ -36,7 +36,7 @@ import inspect
 import math
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -398,10 +398,25 @@ def _hot_upsert(dialect: str) -> Hot:
     return Hot(_upsert(dialect))
 
 
-async def _count(postd_app: Any, jobs: Sequence[Job]) -> list[Verdict]:
-    """Count ``jobs`` in one transaction of their own (see :func:`count_in`)."""
+async def _count(
+    postd_app: Any, jobs: Sequence[Job], riders: Sequence[Rider | None] = ()
+) -> list[Verdict]:
+    """Count ``jobs`` in one transaction of their own (see :func:`count_in`), then run, in it,
+    the rider of each job admitted (see :func:`admit`)."""
     now = _now_of(postd_app)
-    return await writer.write(postd_app, lambda conn: count_in(conn, jobs, now))
+
+    async def job(conn: AsyncConnection) -> list[Verdict]:
+        verdicts = await count_in(conn, jobs, now)
+        for verdict, rider in zip(verdicts, riders, strict=False):
+            if rider is None or verdict.over is not None:
+                continue
+            try:
+                await writer.isolated(conn, rider)
+            except Exception:  # its own failure, undone alone: its caller does without it
+                log.exception("admission_rider_failed")
+        return verdicts
+
+    return await writer.write(postd_app, job)
 
 
 def _now_of(postd_app: Any) -> datetime:
@@ -440,18 +455,23 @@ async def _write_back(conn: AsyncConnection, stmt: Any, name: str, values: dict[
         await conn.execute(stmt, params)
 
 
+# A group-writer job riding in admit()'s counting transaction (see admit); the same type as
+# idempotency.Rider, which limits does not import.
+Rider = Callable[[AsyncConnection], Awaitable[None]]
+
+
 class _Batcher:
     """Group commit for admit(): requests that arrive while a counting transaction runs wait for
     the next one, which counts them all. The draining task lives only while requests await it."""
 
     def __init__(self, postd_app: Any) -> None:
         self._app = postd_app
-        self._queue: list[tuple[Job, asyncio.Future[Verdict]]] = []
+        self._queue: list[tuple[Job, asyncio.Future[Verdict], Rider | None]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, job: Job) -> Verdict:
+    async def submit(self, job: Job, rider: Rider | None = None) -> Verdict:
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._queue.append((job, future))
+        self._queue.append((job, future, rider))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="postd-admit-batch")
         return await future
@@ -459,21 +479,22 @@ class _Batcher:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            batch = [(job, future) for job, future in batch if not future.cancelled()]
+            batch = [entry for entry in batch if not entry[1].cancelled()]
             if not batch:
                 continue  # every caller went away: count nothing
             try:
-                verdicts = await _count(self._app, [job for job, _ in batch])
+                jobs, riders = [entry[0] for entry in batch], [entry[2] for entry in batch]
+                verdicts = await _count(self._app, jobs, riders)
             except asyncio.CancelledError:
-                for _, future in (*batch, *self._queue):
+                for _, future, _ in (*batch, *self._queue):
                     future.cancel()
                 raise
             except Exception as exc:  # every waiter gets the failure
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), verdict in zip(batch, verdicts, strict=True):
+            for (_, future, _), verdict in zip(batch, verdicts, strict=True):
                 if not future.done():
                     future.set_result(verdict)
 
@@ -510,9 +531,19 @@ async def _notify(
 
 
 async def admit(
-    postd_app: Any, principal: Principal, method: str, path: str, now: datetime
+    postd_app: Any,
+    principal: Principal,
+    method: str,
+    path: str,
+    now: datetime,
+    rider: Rider | None = None,
 ) -> dict[str, str]:
     """Count one authenticated request, or refuse it with an ApiError that carries the headers.
+
+    ``rider``: a group-writer job to run in the counting transaction if the request is admitted
+    (the Idempotency-Key claim, which so costs no transaction of its own), in a SAVEPOINT: if
+    it fails, it is undone and logged, and the request is counted all the same; the rider
+    records its own outcome, and its caller does the work another way when there is none.
 
     Returns the headers for the response: X-API-Tier (the user's tier, for sandbox tokens too),
     X-RateLimit-Limit / -Remaining / -Reset (the minute window) and X-API-Scopes. A refused
@@ -525,7 +556,7 @@ async def admit(
     )
     burst = burst_meter(meters)
     assert burst.limit is not None
-    verdict = await _batcher(postd_app).submit(Job(meters, now=now))
+    verdict = await _batcher(postd_app).submit(Job(meters, now=now), rider)
     used = verdict.counts[burst.key]
     if verdict.over is not None:
         headers = rate_headers(principal.tier, principal.scopes, burst.limit, used - 1, now)

@@ -181,15 +181,10 @@ class GroupWriter:
                         except Exception as exc:  # undone by SQLite alone
                             queued.error = exc
                         continue
-                    # The SAVEPOINT as plain SQL: SQLAlchemy's begin_nested() cost more than the
-                    # jobs themselves (see bench/README.md); nothing here needs its bookkeeping.
-                    await conn.exec_driver_sql(_SAVEPOINT)
                     try:
-                        queued.result = await queued.job(conn)
+                        queued.result = await isolated(conn, queued.job)
                     except Exception as exc:  # this job's own failure: rolled back alone
                         queued.error = exc
-                        await conn.exec_driver_sql(_ROLLBACK_TO)
-                    await conn.exec_driver_sql(_RELEASE)
         except Exception as exc:  # the transaction itself failed: nothing of it is kept
             log.warning("group_commit_failed", jobs=len(batch), error=type(exc).__name__)
             for queued in batch:
@@ -231,6 +226,22 @@ class GroupWriter:
             self._loop.call_soon_threadsafe(self._poke)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
+
+
+async def isolated(conn: AsyncConnection, job: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run ``job`` in a SAVEPOINT of ``conn``'s transaction: if it raises, what it did is
+    rolled back (and the exception re-raised) while the transaction goes on. The SAVEPOINT is
+    plain SQL: SQLAlchemy's begin_nested() cost more than the jobs themselves (see
+    bench/README.md), and nothing here needs its bookkeeping."""
+    await conn.exec_driver_sql(_SAVEPOINT)
+    try:
+        result = await job(conn)
+    except BaseException:
+        await conn.exec_driver_sql(_ROLLBACK_TO)
+        await conn.exec_driver_sql(_RELEASE)
+        raise
+    await conn.exec_driver_sql(_RELEASE)
+    return result
 
 
 def _answer_all(batch: list[_Queued]) -> None:

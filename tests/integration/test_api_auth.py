@@ -78,7 +78,7 @@ def _routes() -> FastAPI:
 
 
 async def fake_admit(
-    _app: Any, p: deps.Principal, _method: str, _path: str, _now: datetime
+    _app: Any, p: deps.Principal, _method: str, _path: str, _now: datetime, _rider: Any = None
 ) -> dict[str, str]:
     return {
         "X-API-Tier": p.tier,

@@ -712,3 +712,44 @@ async def test_a_bulk_whose_key_was_taken_over_stops_there(
         (post,) = list(await session.scalars(select(Post)))
         stored = await session.scalar(select(IdempotencyKey.made))
     assert stored == {"0": post.id}
+
+
+async def test_the_claim_rides_in_the_admission_or_runs_alone(
+    app_factory: Any,
+    tmp_path: Path,
+    db_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the gate, a keyed request's claim runs in the admission's transaction: no
+    transaction of its own. If it fails there, it is undone and runs on its own: the request
+    is served once all the same, and its replay works."""
+    app, auth, body = await scheduling_world(app_factory, tmp_path, db_url, clock)
+    alone: list[str] = []
+    real_claim, real_run = idempotency._claim, idempotency._Claim._run
+
+    async def claim_alone(*args: Any) -> Any:
+        alone.append(args[1].key)
+        return await real_claim(*args)
+
+    monkeypatch.setattr(idempotency, "_claim", claim_alone)
+    async with daemon_client(app) as http:
+        ridden = await http.post(
+            "/posts/schedule", json=body, headers={**auth, "Idempotency-Key": "a"}
+        )
+        assert ridden.status_code == 201 and alone == []
+
+        async def fails_once_in_the_admission(self: Any, conn: Any) -> Any:
+            monkeypatch.setattr(idempotency._Claim, "_run", real_run)
+            await real_run(self, conn)  # written, then undone with the rider's SAVEPOINT
+            raise RuntimeError("the claim failed in the admission")
+
+        monkeypatch.setattr(idempotency._Claim, "_run", fails_once_in_the_admission)
+        later = {**body, "scheduled_at": (START + timedelta(hours=3)).isoformat()}
+        headers = {**auth, "Idempotency-Key": "b"}
+        first = await http.post("/posts/schedule", json=later, headers=headers)
+        replay = await http.post("/posts/schedule", json=later, headers=headers)
+    assert first.status_code == 201, first.text
+    assert alone == ["b"]
+    assert replay.headers.get("Idempotency-Replayed") == "true" and replay.content == first.content
+    assert await counted(app, Post) == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from daemon import config
 from daemon.api import limits
@@ -336,3 +336,37 @@ async def test_refund_gives_back_what_was_taken(
     assert (await limits.usage(app, "user1", "free", START))["replies"]["used"] == 1
     await limits.refund(app, "user1", "replies", START, n=5)
     assert (await limits.usage(app, "user1", "free", START))["replies"]["used"] == 1
+
+
+async def test_a_rider_runs_in_the_admission_transaction_only_when_admitted(
+    app_factory: Any, tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    """admit(..., rider) runs the rider in the counting transaction (no transaction of its own)
+    when the request is admitted, not when it is refused; a rider that fails is undone alone
+    and the request is admitted and counted all the same."""
+    app = await make_app(app_factory, tmp_path, db_url, clock, tiers=free_tier(per_minute=2))
+    who, now, path = principal(), clock.now(), "/api/v1/posts/schedule"
+    ran: list[str] = []
+
+    async def rider(conn: Any) -> None:
+        await conn.execute(
+            insert(UsageCounter).values(subject="rider", bucket="b", period="p", count=1)
+        )
+        ran.append("ok")
+
+    async def failing(conn: Any) -> None:
+        await conn.execute(
+            insert(UsageCounter).values(subject="failing", bucket="b", period="p", count=1)
+        )
+        raise RuntimeError("a rider of its own failure")
+
+    before = app.writer.batches
+    await limits.admit(app, who, "POST", path, now, rider)
+    assert ran == ["ok"] and app.writer.batches == before + 1
+    await limits.admit(app, who, "POST", path, now, failing)
+    with pytest.raises(ApiError):
+        await limits.admit(app, who, "POST", path, now, rider)
+    assert ran == ["ok"]
+    assert await count(app, "rider", "b", "p") == 1
+    assert await count(app, "failing", "b", "p") == 0  # undone alone
+    assert await count(app, "user1", "requests", limits.minute_key(START)) == 2
