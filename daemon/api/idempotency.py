@@ -263,9 +263,9 @@ async def _read(postd_app: Any, req: Request) -> Seen | None:
 
 @functools.cache
 def _claim_statement(dialect: str) -> Hot:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING key``, built once: executed with the row as
-    parameters its compiled form comes from SQLAlchemy's cache (``.values()`` per call would
-    build and key a new statement every time)."""
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING key``, built and compiled once (a
+    :class:`~daemon.store.hot.Hot` statement); executed with the row as its parameters
+    (``.values()`` per call would build a new statement every time)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return Hot(insert(IdempotencyKey).on_conflict_do_nothing().returning(IdempotencyKey.key))
 

@@ -10,10 +10,11 @@ pysqlite cursor, its parameters and result values through the same bind and resu
 SQLAlchemy would use, so values are stored and read exactly as SQLAlchemy stores and reads them.
 On any other connection (PostgreSQL, the async engines) it is an ordinary ``execute``.
 
-Only statements that need nothing of SQLAlchemy's execution can be hot: no ``IN`` lists
-(expanding parameters), no Python-side column defaults to compute. :class:`Hot` checks both when
-it compiles and runs anything else through SQLAlchemy. A row is a named tuple on the fast path
-and SQLAlchemy's ``Row`` otherwise: use attributes, indexes or ``_asdict()``.
+Only statements that need nothing of SQLAlchemy's execution can be hot: no Python-side column
+defaults to compute (:class:`Hot` checks when it compiles, and runs anything else through
+SQLAlchemy). An ``IN`` list (an expanding parameter) gets a plan per list length. A row is a
+named tuple on the fast path and SQLAlchemy's ``Row`` otherwise: use attributes, indexes or
+``_asdict()``.
 
 :func:`detached` builds an ORM object from a row without the ORM's attribute events, for objects
 that are only read (a ~20 µs constructor becomes ~2 µs).
@@ -43,14 +44,21 @@ _configured: set[type] = set()  # mapped classes whose mappers are configured (d
 @dataclass(frozen=True, slots=True)
 class _Plan:
     sql: str
-    binds: tuple[tuple[str, Any, Processor | None], ...]  # per placeholder: key, default, proc
+    # per placeholder: its parameter's key (None: a constant, the default), default, processor,
+    # and index in it (an IN list's)
+    binds: tuple[tuple[str | None, Any, Processor | None, int | None], ...]
     row: Any  # the named tuple of a result row (None: no result columns)
     procs: tuple[tuple[int, Processor], ...]  # per result column that has one, its processor
 
     def parameters(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
-        for key, default, proc in self.binds:
-            value = params[key] if default is _REQUIRED else params.get(key, default)
+        for key, default, proc, index in self.binds:
+            if key is None:
+                value = default
+            elif default is _REQUIRED:
+                value = params[key] if index is None else params[key][index]
+            else:
+                value = params.get(key, default)
             out.append(value if proc is None else proc(value))
         return tuple(out)
 
@@ -67,24 +75,46 @@ class _Plan:
         return out
 
 
-def _compile(statement: ClauseElement, keys: tuple[str, ...], dialect: Dialect) -> _Plan | None:
-    """The statement's plan, or None when it needs SQLAlchemy's execution."""
+def _compile(
+    statement: ClauseElement, keys: tuple[str, ...], dialect: Dialect, params: Mapping[str, Any]
+) -> tuple[_Plan | None, tuple[str, ...]]:
+    """The statement's plan for ``params``, and the keys of its IN lists (whose lengths the plan
+    is for); None when it needs SQLAlchemy's execution."""
     compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys) or None)
-    if not compiled.positional or compiled.post_compile_params:
-        return None  # IN lists: rendered at execution, from the values
+    if not compiled.positional:
+        return None, ()
     if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
-        return None  # Python-side column defaults, computed by SQLAlchemy's execution
+        return None, ()  # Python-side column defaults, computed by SQLAlchemy's execution
+    # The caller's IN lists (a constant one, like ``state IN ('a', 'b')``, has its values)
+    lists = tuple(sorted(b.key for b in compiled.post_compile_params if b.required))
     sql, order = compiled.string, compiled.positiontup
-    if compiled.literal_execute_params:  # constants SQLAlchemy renders at execution: now, once
-        unset = {bind.key: None for bind in compiled.binds.values() if bind.required}
-        expanded = compiled.construct_expanded_state(unset)
+    # an IN list's placeholder: its bind and its index in the list
+    expanded_from: dict[str, tuple[Any, int]] = {}
+    if compiled.post_compile_params or compiled.literal_execute_params:  # render now, once
+        given = {compiled.bind_names[b]: None for b in compiled.binds.values() if b.required}
+        given |= {
+            compiled.bind_names[b]: params[b.key]
+            for b in compiled.post_compile_params
+            if b.required
+        }
+        expanded = compiled.construct_expanded_state(given)
         sql, order = expanded.statement, expanded.positiontup
+        by_key = {b.key: b for b in compiled.binds.values()}
+        for key, names in expanded.parameter_expansion.items():
+            bind = compiled.binds[key] if key in compiled.binds else by_key[key]
+            expanded_from |= {name: (bind, at) for at, name in enumerate(names)}
     binds = []
     for name in order:
-        bind = compiled.binds[name]
-        default = _REQUIRED if bind.required else bind.effective_value
+        bind, index = expanded_from[name] if name in expanded_from else (compiled.binds[name], None)
+        key = bind.key
         proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        binds.append((bind.key, default, proc))
+        if index is None:
+            default = _REQUIRED if bind.required else bind.effective_value
+        elif bind.required:  # the caller's list
+            default = _REQUIRED
+        else:  # a constant list: its value, whatever the caller passes
+            key, default, index = None, bind.effective_value[index], None
+        binds.append((key, default, proc, index))
     columns = compiled._result_columns
     row = _row_type(tuple(c.keyname for c in columns)) if columns else None
     procs = []
@@ -93,7 +123,7 @@ def _compile(statement: ClauseElement, keys: tuple[str, ...], dialect: Dialect) 
             proc = column.type.dialect_impl(dialect).result_processor(dialect, None)
             if proc is not None:
                 procs.append((at, proc))
-    return _Plan(sql, tuple(binds), row, tuple(procs))
+    return _Plan(sql, tuple(binds), row, tuple(procs)), lists
 
 
 def _row_type(names: tuple[str, ...]) -> Any:
@@ -103,21 +133,25 @@ def _row_type(names: tuple[str, ...]) -> Any:
 class Hot:
     """A statement run as the module says; build it once (module level), run it often."""
 
-    __slots__ = ("_plans", "statement")
+    __slots__ = ("_lists", "_plans", "statement")
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._plans: dict[tuple[str, tuple[str, ...]], _Plan | None] = {}
+        self._plans: dict[tuple[Any, ...], _Plan | None] = {}
+        self._lists: tuple[str, ...] | None = None  # its IN lists' keys, once compiled
 
     def _plan(self, conn: SyncReads, params: Mapping[str, Any]) -> _Plan | None:
         dialect = conn.sync.dialect
         # An INSERT's columns are its parameters' keys; other statements name their binds.
         keys = tuple(params) if getattr(self.statement, "is_insert", False) else ()
-        cache_key = (dialect.name, keys)
+        lengths = () if not self._lists else tuple(len(params[k]) for k in self._lists)
+        cache_key = (dialect.name, keys, lengths)
         try:
             return self._plans[cache_key]
         except KeyError:
-            plan = self._plans[cache_key] = _compile(self.statement, keys, dialect)
+            plan, self._lists = _compile(self.statement, keys, dialect, params)
+            lengths = tuple(len(params[k]) for k in self._lists)
+            self._plans[(dialect.name, keys, lengths)] = plan
             return plan
 
     async def _raw(self, conn: Any, params: Mapping[str, Any]) -> tuple[_Plan, Any] | None:

@@ -94,14 +94,12 @@ async def test_a_missing_parameter_is_an_error_not_a_null(conn: Connection) -> N
         await read.all(SyncConnection(conn), {})
 
 
-async def test_what_needs_sqlalchemys_execution_runs_through_it(conn: Connection) -> None:
-    """An IN list (expanding parameter) and an insert that leaves a column with a Python-side
-    default to SQLAlchemy are not compiled ahead; they still run, through SQLAlchemy."""
-    conn.execute(insert(KEYS), ROW)
+async def test_an_insert_leaving_a_python_default_runs_through_sqlalchemy(
+    conn: Connection,
+) -> None:
+    """An insert that leaves a column with a Python-side default to SQLAlchemy is not compiled
+    ahead: it still runs, through SQLAlchemy, which fills the default."""
     sync = SyncConnection(conn)
-    among = hot.Hot(select(KEYS.c.key).where(KEYS.c.token_id.in_(bindparam("ts", expanding=True))))
-    assert [r.key for r in await among.all(sync, {"ts": ["t0", "t1"]})] == ["k1"]
-    assert among._plans == {("sqlite", ()): None}
     without_headers = {k: v for k, v in ROW.items() if k != "response_headers"} | {"key": "k2"}
     add = hot.Hot(insert(KEYS))
     assert await add.run(sync, without_headers) == 1
@@ -109,12 +107,44 @@ async def test_what_needs_sqlalchemys_execution_runs_through_it(conn: Connection
     assert conn.execute(select(KEYS.c.response_headers).where(KEYS.c.key == "k2")).scalar() == {}
 
 
+async def test_an_in_list_gets_a_plan_per_length(conn: Connection) -> None:
+    """An expanding parameter (IN list) is rendered per list length, its values bound through
+    their type; an empty list matches nothing, as through SQLAlchemy."""
+    for n in range(3):
+        conn.execute(insert(KEYS), ROW | {"token_id": f"t{n}", "created_at": NOW + timedelta(n)})
+    among = hot.Hot(
+        select(KEYS.c.token_id)
+        .where(KEYS.c.token_id.in_(bindparam("ts", expanding=True)))
+        .where(KEYS.c.created_at >= bindparam("since"))
+        .order_by(KEYS.c.token_id)
+    )
+    sync = SyncConnection(conn)
+
+    async def tokens_of(ts: list[str], since: datetime = NOW) -> list[str]:
+        return [r.token_id for r in await among.all(sync, {"ts": ts, "since": since})]
+
+    assert await tokens_of(["t0", "t2", "tx"]) == ["t0", "t2"]
+    assert await tokens_of(["t1"]) == ["t1"]
+    assert await tokens_of(["t0", "t1", "t2"], NOW + timedelta(1)) == ["t1", "t2"]
+    assert await tokens_of([]) == []
+    assert all(plan is not None for plan in among._plans.values())
+    assert {key[2] for key in among._plans} == {(3,), (1,), (0,)}
+    constant = hot.Hot(
+        select(KEYS.c.token_id)
+        .where(KEYS.c.token_id.in_(["t0", "t1"]), KEYS.c.key.in_(bindparam("ks", expanding=True)))
+        .order_by(KEYS.c.token_id)
+    )
+    got = await constant.all(sync, {"ks": ["k1", "k9"]})
+    assert [r.token_id for r in got] == ["t0", "t1"]
+    assert list(constant._plans) == [("sqlite", (), (2,))]
+
+
 async def test_a_constant_rendered_at_execution_is_rendered_once(conn: Connection) -> None:
     """The token lookup's ``group_concat(..., ' ')`` separator is a literal-execute parameter:
     it is rendered into the plan's SQL, and the statement runs on the cursor."""
-    plan = hot._compile(tokens._AUTH.statement, (), conn.dialect)
-    assert plan is not None and "group_concat(brands.id, ' ')" in plan.sql
-    assert [key for key, _, _ in plan.binds] == ["digest"]
+    plan, lists = hot._compile(tokens._AUTH.statement, (), conn.dialect, {})
+    assert plan is not None and "group_concat(brands.id, ' ')" in plan.sql and lists == ()
+    assert [key for key, *_ in plan.binds] == ["digest"]
 
 
 async def test_other_connections_run_the_statement_through_sqlalchemy(conn: Connection) -> None:

@@ -17,6 +17,7 @@ from daemon.api.routers import ReadPosts, WritePosts, error_responses
 from daemon.api.routers.brands import CURSOR
 from daemon.dispatch import transitions
 from daemon.store import db, notify
+from daemon.store.hot import Hot
 from daemon.store.models import Page, Post, PublishAttempt
 from daemon.timefmt import iso, parse_instant
 
@@ -109,7 +110,7 @@ async def _made_before(app: App, made: dict[int, str]) -> dict[int, Post]:
 
 
 @functools.cache
-def _scheduled_statement(walk: bool, after: bool, on_page: bool) -> Any:
+def _scheduled_statement(walk: bool, after: bool, on_page: bool) -> Hot:
     """The query of GET /posts/scheduled, built once per shape. Rows, not ORM objects: the page
     of posts is only read and turned into JSON.
 
@@ -131,7 +132,7 @@ def _scheduled_statement(walk: bool, after: bool, on_page: bool) -> Any:
         stmt = stmt.where(tuple_(Post.scheduled_at, Post.id) > tuple_(at, bindparam("l_id")))
     if on_page:
         stmt = stmt.where(Post.page_id == bindparam("l_page"))
-    return stmt
+    return Hot(stmt)
 
 
 @router.get(
@@ -162,7 +163,7 @@ async def list_scheduled(
     async with db.reading(app) as conn:
         if page_id is not None:
             await queries.reachable_page(conn, principal, page_id)
-        rows: list[Any] = list((await conn.execute(stmt, params)).mappings())
+        rows = [row._asdict() for row in await stmt.all(conn, params)]
     rows, has_more = queries.split_page(rows, limit)
     last = rows[-1] if has_more else None
     return {
