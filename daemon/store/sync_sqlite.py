@@ -37,13 +37,18 @@ class SyncReads:
     """A sync connection behind the async interface the queries use: each call runs to the end
     before it returns, on the awaiting thread."""
 
-    __slots__ = ("_conn", "driver")
+    __slots__ = ("_conn",)
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        # The pysqlite connection itself, for statements that skip SQLAlchemy (daemon/store/hot.py):
-        # on it they run in the same transaction, if one is open.
-        self.driver: Any = conn.connection.dbapi_connection
+
+    @property
+    def driver(self) -> Any:
+        """The pysqlite connection itself, for statements that skip SQLAlchemy
+        (daemon/store/hot.py): on it they run in the same transaction, if one is open. Looked up
+        each time: the group writer keeps its connection for its life, and should SQLAlchemy
+        replace the one beneath (after a disconnect), this follows."""
+        return self._conn.connection.dbapi_connection
 
     @property
     def sync(self) -> Connection:

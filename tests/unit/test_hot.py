@@ -176,3 +176,15 @@ async def test_driver_errors_are_raised_as_sqlalchemy_raises_them(conn: Connecti
     add = hot.Hot(insert(KEYS))
     with pytest.raises(IntegrityError, match="UNIQUE"):
         await add.run(SyncConnection(conn), ROW)
+
+
+async def test_the_driver_follows_a_replaced_connection(conn: Connection) -> None:
+    """After SQLAlchemy replaces the connection beneath (invalidated, e.g. by a disconnect),
+    hot statements run on the new one, not on the closed one."""
+    sync = SyncConnection(conn)
+    before = sync.driver
+    conn.invalidate()
+    conn.rollback()
+    count = hot.Hot(select(func.count()).select_from(KEYS))
+    assert (await count.one(sync, {}))[0] == 0
+    assert sync.driver is not before
