@@ -1,7 +1,8 @@
 """The API's hot statements, run on SQLite's sync connections without SQLAlchemy's execution.
 
 A schedule runs about seven one-row statements (the token, the page, the guardrail counts, the
-idempotency key, the monthly count, the post). On a SQLite file each takes ~10 µs in the driver,
+idempotency key, the monthly count, the post), a list of pending posts one more. On a SQLite
+file each takes ~10 µs in the driver,
 and SQLAlchemy's execution around it (the compiled-cache lookup, an execution context, the
 parameters' dict, the result's metadata and fetch strategy) took ~40-70 µs more (measured with
 ``bench/api_asgi.py``'s database). A :class:`Hot` statement is compiled once per dialect; on a
