@@ -54,6 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.api import errors
 from daemon.api.deps import Principal
+from daemon.api.limits import Rider
 from daemon.store import db, writer
 from daemon.store.hot import Hot
 from daemon.store.models import IdempotencyKey
@@ -69,8 +70,6 @@ POLL_DELAYS: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.2, 0.3,
 # The waiting between polls; a seam for tests.
 pause: Callable[[float], Awaitable[None]] = asyncio.sleep
 REPLAYED = (b"idempotency-replayed", b"true")
-# A group-writer job to run in the admission's transaction (limits.Rider).
-Rider = Callable[[AsyncConnection], Awaitable[None]]
 # The request's admission (see wrap): counts it, with a Rider in its transaction, or raises.
 Admission = Callable[[Rider | None], Awaitable[None]]
 

@@ -455,8 +455,8 @@ async def _write_back(conn: AsyncConnection, stmt: Any, name: str, values: dict[
         await conn.execute(stmt, params)
 
 
-# A group-writer job riding in admit()'s counting transaction (see admit); the same type as
-# idempotency.Rider, which limits does not import.
+# A group-writer job riding in admit()'s counting transaction (see admit): the
+# Idempotency-Key claim.
 Rider = Callable[[AsyncConnection], Awaitable[None]]
 
 
