@@ -40,6 +40,28 @@ async def add_brand(
     return brand
 
 
+async def list_brands(session: AsyncSession) -> list[dict[str, Any]]:
+    """Every brand, oldest first, with its owner's email and how many pages it has."""
+    pages = select(Page.brand_id, func.count().label("pages")).group_by(Page.brand_id).subquery()
+    rows = await session.execute(
+        select(Brand, User.email, func.coalesce(pages.c.pages, 0))
+        .outerjoin(User, User.id == Brand.owner_id)
+        .outerjoin(pages, pages.c.brand_id == Brand.id)
+        .order_by(Brand.created_at, Brand.id)
+    )
+    return [
+        {
+            "id": b.id,
+            "name": b.name,
+            "owner_id": b.owner_id,
+            "owner_email": email,
+            "pages": count,
+            "created_at": iso(aware(b.created_at)),
+        }
+        for b, email, count in rows.all()
+    ]
+
+
 async def add_page(
     session: AsyncSession,
     *,
@@ -314,6 +336,7 @@ async def status(
         "pages": [
             {
                 "id": p.id,
+                "brand_id": p.brand_id,
                 "name": p.name,
                 "platform": p.platform,
                 "status": p.status,

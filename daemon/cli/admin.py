@@ -211,6 +211,25 @@ def brand_add(ctx: Context, name: str, owner: str | None) -> None:
     click.echo(brand_id)
 
 
+@brand.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def brand_list(ctx: Context, as_json: bool) -> None:
+    """List brands: id, owner, number of pages, name."""
+
+    async def go(session: AsyncSession, _s: config.Settings) -> list[dict[str, Any]]:
+        return await services.list_brands(session)
+
+    brands = ctx.run(go)
+    if as_json:
+        echo_json(brands)
+        return
+    for b in brands:
+        owner = b["owner_email"] or "(no owner)"
+        pages = f"{b['pages']} page" + ("" if b["pages"] == 1 else "s")
+        click.echo(f"{b['id']}  {owner:<24} {pages:<9} {b['name']}")
+
+
 @main.group()
 def page() -> None:
     """Social pages (accounts) under a brand."""

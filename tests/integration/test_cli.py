@@ -154,3 +154,29 @@ def test_unknown_brand_and_platform_are_refused(setup: tuple[str, str]) -> None:
         "x",
     )
     assert code == 1 and "INVALID_PLATFORM" in err
+
+
+def test_brand_list_shows_owner_and_page_count(setup: tuple[str, str]) -> None:
+    """brand list: every brand with its owner and pages; page list --json names each page's
+    brand, so an operator who lost the id printed by `brand add` can find it again."""
+    cfg, page = setup
+    code, out, err = postd("--config", cfg, "user", "add", "ops@example.com")
+    assert code == 0, err
+    user = out.strip().splitlines()[-1]
+    _, second, _ = postd("--config", cfg, "brand", "add", "Beta", "--owner", "ops@example.com")
+    code, out, err = postd("--config", cfg, "brand", "list", "--json")
+    assert code == 0, err
+    brands = json.loads(out)
+    assert [(b["name"], b["owner_id"], b["owner_email"], b["pages"]) for b in brands] == [
+        ("Acme", None, None, 1),
+        ("Beta", user, "ops@example.com", 0),
+    ]
+    assert brands[1]["id"] == second.strip()
+    code, text, _ = postd("--config", cfg, "brand", "list")
+    lines = text.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert lines[0].startswith(brands[0]["id"]) and "(no owner)" in lines[0]
+    assert " 1 page " in lines[0] and lines[0].endswith("Acme")
+    assert "ops@example.com" in lines[1] and " 0 pages " in lines[1] and lines[1].endswith("Beta")
+    code, out, _ = postd("--config", cfg, "page", "list", "--json")
+    assert [(p["id"], p["brand_id"]) for p in json.loads(out)] == [(page, brands[0]["id"])]
