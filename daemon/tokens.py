@@ -609,6 +609,44 @@ async def add_collaborator(
     return collab
 
 
+async def set_brand_owner(
+    session: AsyncSession, *, brand_id: str, user_id: str, now: datetime
+) -> Brand:
+    """Give a brand to a user (a brand made before its user has none, and no token reaches it).
+    Reach is computed per request, so the new owner's tokens reach it at once and the previous
+    owner's no longer do; recorded in the brand's audit log as ``brand.owner``."""
+    brand = await session.get(Brand, brand_id)
+    if brand is None:
+        raise NotFoundError(f"unknown brand {brand_id!r}")
+    if await session.get(User, user_id) is None:
+        raise NotFoundError(f"unknown user {user_id!r}")
+    sharing = await session.scalar(
+        select(Collaborator.id).where(
+            Collaborator.brand_id == brand_id,
+            Collaborator.user_id == user_id,
+            Collaborator.removed_at.is_(None),
+        )
+    )
+    if sharing is not None:
+        raise InputError(
+            "INVALID_REQUEST",
+            f"user {user_id} collaborates on brand {brand_id} ({sharing}): remove the collaborator "
+            "first",
+        )
+    if brand.owner_id != user_id:
+        session.add(
+            BrandAuditEntry(
+                brand_id=brand_id,
+                actor_user_id=None,
+                action="brand.owner",
+                detail={"from": brand.owner_id, "to": user_id},
+                created_at=now,
+            )
+        )
+        brand.owner_id = user_id
+    return brand
+
+
 async def _active_collaborator(session: AsyncSession, collaborator_id: str) -> Collaborator:
     collab = await session.get(Collaborator, collaborator_id)
     if collab is None or collab.removed_at is not None:

@@ -191,7 +191,8 @@ def brand() -> None:
 def brand_add(ctx: Context, name: str, owner: str | None) -> None:
     """Add a brand; prints its id. Only its owner's (and collaborators') tokens reach it."""
 
-    async def go(session: AsyncSession, _s: config.Settings) -> tuple[str, int]:
+    async def go(session: AsyncSession, _s: config.Settings) -> tuple[str, int | None]:
+        """The brand's id, and the number of users when it got no owner (else None)."""
         users = await tokens.list_users(session)
         owner_id = None
         if owner is not None:
@@ -199,16 +200,36 @@ def brand_add(ctx: Context, name: str, owner: str | None) -> None:
         elif len(users) == 1:
             owner_id = users[0].id
         made = await services.add_brand(session, name, clock_mod.SystemClock().now(), owner_id)
-        return made.id, 0 if owner_id else len(users)
+        return made.id, None if owner_id else len(users)
 
-    brand_id, unowned_among = ctx.run(go)
-    if unowned_among:
+    brand_id, users = ctx.run(go)
+    if users is not None:
         click.echo(
             f"postd: warning: brand {brand_id} has no owner, so no API token reaches it; "
-            "pass --owner (there are several users)",
+            + (
+                "pass --owner (there are several users)"
+                if users
+                else f"once its user exists: postd brand set-owner {brand_id} USER"
+            ),
             err=True,
         )
     click.echo(brand_id)
+
+
+@brand.command("set-owner")
+@click.argument("brand_id")
+@click.argument("owner")
+@pass_ctx
+def brand_set_owner(ctx: Context, brand_id: str, owner: str) -> None:
+    """Give a brand to a user (id or email): its tokens reach the brand from now on, the
+    previous owner's no longer do."""
+
+    async def go(session: AsyncSession, _s: config.Settings) -> None:
+        user = await tokens.find_user(session, owner)
+        now = clock_mod.SystemClock().now()
+        await tokens.set_brand_owner(session, brand_id=brand_id, user_id=user.id, now=now)
+
+    ctx.run(go)
 
 
 @brand.command("list")

@@ -704,6 +704,65 @@ def test_cli_user_brand_and_token_lifecycle(cfg: str) -> None:
     assert err_revoked.value.spec.code == "TOKEN_REVOKED"
 
 
+def test_cli_brand_made_before_its_user_gets_an_owner(cfg: str) -> None:
+    """A brand added while there is no user has no owner (brand add warns how to fix it), no
+    token reaches it; brand set-owner gives it to a user, whose tokens reach it at once and the
+    previous owner's no longer do, and the brand's audit log records both changes. Bad input
+    (unknown brand or user, a collaborator as owner) is refused and changes nothing."""
+    code, out, err = postd(cfg, "brand", "add", "Acme")
+    brand = out.strip()
+    assert code == 0 and f"postd brand set-owner {brand} USER" in err
+    first = postd(cfg, "user", "add", "ann@example.com")[1].strip().splitlines()[-1]
+    second = postd(cfg, "user", "add", "bob@example.com")[1].strip().splitlines()[-1]
+    ann = postd(cfg, "token", "create", "--user", first)[1].strip().splitlines()[-1]
+    bob = postd(cfg, "token", "create", "--user", second)[1].strip().splitlines()[-1]
+    assert _authenticate(cfg, ann).brand_ids == frozenset()
+
+    assert postd(cfg, "brand", "set-owner", brand, "ANN@example.com")[0] == 0
+    assert _authenticate(cfg, ann).brand_ids == {brand}
+    assert postd(cfg, "brand", "set-owner", brand, second)[0] == 0
+    assert _authenticate(cfg, ann).brand_ids == frozenset()
+    assert _authenticate(cfg, bob).brand_ids == {brand}
+
+    assert postd(cfg, "collaborator", "add", "--brand", brand, "--user", first)[0] == 0
+    for args, expected in (
+        (["nope", second], "unknown brand"),
+        ([brand, "carol@example.com"], "unknown user"),
+        ([brand, first], "collaborates on brand"),
+    ):
+        code, out, err = postd(cfg, "brand", "set-owner", *args)
+        assert code == 1 and expected in err and err.startswith("postd: error:"), err
+    assert _authenticate(cfg, bob).brand_ids == {brand}
+    assert _owner_changes(cfg, brand) == [
+        {"from": None, "to": first},
+        {"from": first, "to": second},
+    ]
+
+
+def _owner_changes(cfg: str, brand: str) -> list[dict[str, Any]]:
+    from daemon import config
+
+    settings = config.load(cfg)
+
+    async def go() -> list[dict[str, Any]]:
+        engine = db.create_engine(settings.database.url, settings.base_dir)
+        try:
+            async with db.sessionmaker(engine)() as session:
+                rows = await session.scalars(
+                    select(BrandAuditEntry)
+                    .where(
+                        BrandAuditEntry.brand_id == brand,
+                        BrandAuditEntry.action == "brand.owner",
+                    )
+                    .order_by(BrandAuditEntry.id)
+                )
+                return [row.detail for row in rows]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
 def test_cli_default_scopes_are_read_only(cfg: str) -> None:
     """token create without --scopes grants the read scopes only; --scopes '*' grants all."""
     postd(cfg, "user", "add", "ops@example.com")
