@@ -205,7 +205,7 @@ def page_item(page: Page, brand_name: str) -> dict[str, Any]:
         "name": page.name,
         "username": page.username,
         "followers": page.followers or 0,
-        "expired": page.status != "active",
+        "expired": not page.connected,  # never connected, or refused by the platform
     }
 
 

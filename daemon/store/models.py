@@ -123,6 +123,12 @@ class Page(Base):
     credentials: Mapped[bytes | None] = mapped_column(LargeBinary)  # Fernet token, never plain
     created_at: Mapped[datetime]
 
+    @property
+    def connected(self) -> bool:
+        """Whether postd can publish as this page now: the sandbox needs no credentials, every
+        other platform needs stored ones (``postd page connect``) that it has not refused."""
+        return self.status == "active" and (self.platform == "sandbox" or bool(self.credentials))
+
 
 class Post(Base):
     __tablename__ = "posts"

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from daemon import guardrails
 from daemon.api import limits
 from daemon.api.errors import ApiError
 from daemon.errors import InputError
-from daemon.store.models import Post, UsageCounter
+from daemon.store.models import Page, Post, UsageCounter
 from tests.api_shim import World, build_world
 from tests.conftest import make_settings
 
@@ -228,6 +228,34 @@ async def test_pages_flattened_filters_and_detail(world: World) -> None:
     assert_error(foreign_filter, 404, "NOT_FOUND")
     assert set(detail["page"]) >= {"profile_picture", "created_at", "expired"}
     assert_error(foreign, 404, "NOT_FOUND")
+
+
+async def test_page_expired_until_connected_and_again_when_refused(world: World) -> None:
+    """expired tells a caller to (re)connect: an Instagram page added without credentials is
+    expired, the sandbox needs none; stored credentials make it live, a platform's refusal
+    (needs_reauth) makes it expired again, on the list and on the detail alike."""
+    headers = world.token("full")
+
+    async def expired() -> dict[str, bool]:
+        async with world.client() as http:
+            listed = (await http.get("/pages", headers=headers)).json()["pages"]
+            detail = (await http.get(f"/pages/{world.instagram_page}", headers=headers)).json()
+        flags = {p["id"]: p["expired"] for p in listed}
+        assert detail["page"]["expired"] == flags[world.instagram_page]
+        return flags
+
+    async def set_page(**values: Any) -> None:
+        async with world.app.sessions() as session, session.begin():
+            await session.execute(
+                update(Page).where(Page.id == world.instagram_page).values(**values)
+            )
+
+    first = await expired()
+    assert first[world.instagram_page] is True and first[world.sandbox_page] is False
+    await set_page(credentials=b"gAAAA-encrypted")
+    assert (await expired())[world.instagram_page] is False
+    await set_page(status="needs_reauth", status_reason="AUTH_EXPIRED")
+    assert (await expired())[world.instagram_page] is True
 
 
 async def test_pages_cursor_walks_every_page_once(world: World) -> None:

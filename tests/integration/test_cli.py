@@ -180,3 +180,22 @@ def test_brand_list_shows_owner_and_page_count(setup: tuple[str, str]) -> None:
     assert "ops@example.com" in lines[1] and " 0 pages " in lines[1] and lines[1].endswith("Beta")
     code, out, _ = postd("--config", cfg, "page", "list", "--json")
     assert [(p["id"], p["brand_id"]) for p in json.loads(out)] == [(page, brands[0]["id"])]
+
+
+def test_page_list_says_which_pages_are_not_connected(setup: tuple[str, str]) -> None:
+    """A Facebook page added without `page connect` lists as not_connected; the sandbox, which
+    needs no credentials, as active."""
+    cfg, sandbox = setup
+    brand = json.loads(postd("--config", cfg, "brand", "list", "--json")[1])[0]["id"]
+    code, out, err = postd(
+        "--config", cfg, "page", "add", "--brand", brand, "--platform", "facebook", "--name", "FB"
+    )
+    assert code == 0, err
+    facebook = out.strip()
+    code, out, _ = postd("--config", cfg, "page", "list", "--json")
+    assert {p["id"]: p["status"] for p in json.loads(out)} == {
+        sandbox: "active",
+        facebook: "not_connected",
+    }
+    code, text, _ = postd("--config", cfg, "page", "list")
+    assert any(line.startswith(facebook) and "not_connected" in line for line in text.splitlines())
