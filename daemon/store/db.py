@@ -201,18 +201,18 @@ def create_sync_reads(url: str, base_dir: Path = Path(".")) -> Engine | None:
 @contextlib.asynccontextmanager
 async def _sync_reading(engine: Engine, snapshot: bool) -> AsyncIterator[Reads]:
     with engine.connect() as conn:
+        reads = SyncReads(conn)
         if not snapshot:
-            yield SyncReads(conn)
+            yield reads
             return
         # One read transaction, on the driver's connection (SQLAlchemy's would cost more than
         # the statements): the block's statements see one snapshot, and SQLite validates the
         # connection's page cache once instead of before each statement, which re-reads every
         # page after each commit of the group writer (~130 µs a statement, bench/README.md).
-        driver = conn.connection.dbapi_connection
-        assert driver is not None
+        driver = reads.driver
         driver.execute("BEGIN")
         try:
-            yield SyncReads(conn)
+            yield reads
         finally:
             driver.execute("ROLLBACK")
 
