@@ -329,6 +329,14 @@ _CATALOG: tuple[ErrorSpec, ...] = (
     ),
     # -- publishing --------------------------------------------------------------------------
     ErrorSpec(
+        "PAGE_NOT_CONNECTED",
+        409,
+        "publishing",
+        "The page cannot publish: it was never connected, or the platform refused its credentials",
+        "Connect the page again (`postd page connect <platform> --page <id>`), then retry.",
+        "postd",
+    ),
+    ErrorSpec(
         "PUBLISH_FAILED",
         502,
         "publishing",

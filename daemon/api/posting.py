@@ -253,8 +253,26 @@ async def prepare(
         if at is not None:
             await check_fits(conn, app, page, at)
         else:
+            if not page.connected:  # it would only fail at the platform, as a 502
+                raise not_connected(page)
             await check_now(conn, app, page, now)
     return Draft(page, new)
+
+
+def not_connected(page: Page) -> errors.ApiError:
+    why = (
+        f"the platform refused its credentials ({page.status_reason or page.status})"
+        if page.status != "active"
+        else "it has no credentials yet"
+    )
+    command = "x" if page.platform == "twitter" else page.platform
+    return errors.ApiError(
+        "PAGE_NOT_CONNECTED",
+        f"Page {page.id} cannot publish: {why}. Connect it with "
+        f"`postd page connect {command} --page {page.id}`, then retry",
+        field="page_id",
+        page_id=page.id,
+    )
 
 
 async def refund_publish(app: App, principal: Principal, now: datetime) -> None:

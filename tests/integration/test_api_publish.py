@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from daemon import lifecycle
+from daemon import lifecycle, services
 from daemon.api import limits, posting
-from daemon.store.models import Post
+from daemon.store.models import Page, Post
 from tests.api_shim import World, build_world
 from tests.conftest import make_settings
 from tests.integration.test_api_endpoints import assert_error
@@ -108,10 +108,54 @@ async def test_platform_refusal_is_502_with_platform_code(world: World) -> None:
 async def test_platform_without_adapter_fails_cleanly(world: World) -> None:
     """A page whose platform has no adapter configured is 502 with PLATFORM_UNAVAILABLE."""
     world.app.adapters.pop("instagram")  # issue 5 built it: take it away again for this case
+    await set_page(world, world.instagram_page, credentials=b"gAAAA-connected")
     body = {"page_id": world.instagram_page, "message": "hello"}
     async with world.client() as http:
         response = await http.post("/posts/publish", headers=world.token("w"), json=body)
     assert assert_error(response, 502, "PUBLISH_FAILED")["platform_code"] == "PLATFORM_UNAVAILABLE"
+
+
+async def set_page(world: World, page_id: str, **values: Any) -> None:
+    async with world.app.sessions() as session, session.begin():
+        await session.execute(update(Page).where(Page.id == page_id).values(**values))
+
+
+async def test_page_not_connected_is_409_and_writes_nothing(world: World) -> None:
+    """Publishing on a page that cannot publish (never connected; or its credentials refused,
+    needs_reauth) is 409 PAGE_NOT_CONNECTED naming the page and the command that fixes it, before
+    any post is written or any publish is counted; once connected, the same body publishes."""
+    headers = world.token("w")
+
+    async def publish(page_id: str) -> Any:
+        async with world.client() as http:
+            return await http.post(
+                "/posts/publish", headers=headers, json={"page_id": page_id, "message": "hi"}
+            )
+
+    async def counted() -> int:
+        principal = world.principals["w"]
+        now = world.app.clock.now()
+        usage = await limits.usage(world.app, principal.user_id, principal.tier, now)
+        return int(usage["publishes"]["used"])
+
+    async with world.app.sessions() as session, session.begin():
+        now = world.app.clock.now()
+        page = await services.add_page(
+            session, brand_id=world.brand_a, platform="facebook", name="FB", now=now
+        )
+        facebook = page.id
+    before = await counted()
+    never = assert_error(await publish(facebook), 409, "PAGE_NOT_CONNECTED")
+    assert never["page_id"] == facebook and "no credentials yet" in never["message"]
+    assert f"postd page connect facebook --page {facebook}" in never["message"]
+    await set_page(world, world.sandbox_page, status="needs_reauth", status_reason="AUTH_EXPIRED")
+    refused = assert_error(await publish(world.sandbox_page), 409, "PAGE_NOT_CONNECTED")
+    assert "refused its credentials (AUTH_EXPIRED)" in refused["message"]
+    async with world.app.sessions() as session:
+        assert list(await session.scalars(select(Post))) == []
+    assert await counted() == before
+    await set_page(world, world.sandbox_page, status="active", status_reason=None)
+    assert (await publish(world.sandbox_page)).status_code == 201
 
 
 async def test_transient_failure_cancels_so_it_never_goes_out_later(

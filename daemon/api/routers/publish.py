@@ -9,6 +9,8 @@ What the caller gets:
 
 * published: 201 with the platform's id (``post_id``), short platform code and permalink;
 * a guardrail binds now (checked before inserting, and again by the dispatcher's claim): 429;
+* the page cannot publish (never connected, or its credentials refused): 409
+  ``PAGE_NOT_CONNECTED``, before anything is written;
 * the platform refused it, or it failed for good: 502 ``PUBLISH_FAILED`` with ``platform_code``;
 * a transient platform error (nothing was published) or no dispatcher to pick it up within
   ``dispatch.publish_timeout_seconds``: the post is cancelled, so it never goes out later by
