@@ -302,7 +302,7 @@ def page_list(ctx: Context, as_json: bool) -> None:
         echo_json(pages)
         return
     for p in pages:
-        click.echo(f"{p['id']}  {p['platform']:<10} {p['status']:<12} {p['name']}")
+        click.echo(f"{p['id']}  {p['platform']:<10} {p['status']:<13} {p['name']}")
 
 
 # -- credentials (issue 5) ------------------------------------------------------------------------

@@ -153,4 +153,5 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(
             f"  {p['id']}  {p['platform']:<10} {p['name']:<24} "
             f"1h {p['last_hour']}/{p['per_hour']}  24h {p['last_24h']}/{p['per_24h']}"
+            + ("" if p["status"] == "active" else f"  {p['status']}")
         )

@@ -199,3 +199,6 @@ def test_page_list_says_which_pages_are_not_connected(setup: tuple[str, str]) ->
     }
     code, text, _ = postd("--config", cfg, "page", "list")
     assert any(line.startswith(facebook) and "not_connected" in line for line in text.splitlines())
+    code, text, _ = postd("--config", cfg, "status")
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert lines[facebook].endswith("  not_connected") and "connected" not in lines[sandbox]
