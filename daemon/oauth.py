@@ -271,6 +271,12 @@ def read_state(vault: credentials.Vault, token: str, name: str, now: datetime) -
     return state
 
 
+def connect_command(platform: str) -> str:
+    """The ``postd page connect`` subcommand for pages of ``platform`` (X's pages are
+    ``twitter``, its command ``x``)."""
+    return next((name for name, (section, _) in PROVIDERS.items() if section == platform), platform)
+
+
 def authorization_url(
     settings: config.Settings,
     name: str,

@@ -339,7 +339,7 @@ async def status(
                 "brand_id": p.brand_id,
                 "name": p.name,
                 "platform": p.platform,
-                "status": p.status if p.connected or p.status != "active" else "not_connected",
+                "status": p.connection,
                 "last_hour": usage[(p.id, "1h")],
                 "per_hour": settings.guardrails.for_platform(p.platform).per_hour,
                 "last_24h": usage[(p.id, "24h")],

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from adapters import base
-from daemon import guardrails, services
+from daemon import guardrails, oauth, services
 from daemon.api import errors, idempotency, limits, queries
 from daemon.api.deps import Principal
 from daemon.api.schemas import PublishBody, ScheduleBody
@@ -261,15 +261,14 @@ async def prepare(
 
 def not_connected(page: Page) -> errors.ApiError:
     why = (
-        f"the platform refused its credentials ({page.status_reason or page.status})"
-        if page.status != "active"
-        else "it has no credentials yet"
+        "it has no credentials yet"
+        if page.connection == "not_connected"
+        else f"the platform refused its credentials ({page.status_reason or page.status})"
     )
-    command = "x" if page.platform == "twitter" else page.platform
     return errors.ApiError(
         "PAGE_NOT_CONNECTED",
         f"Page {page.id} cannot publish: {why}. Connect it with "
-        f"`postd page connect {command} --page {page.id}`, then retry",
+        f"`postd page connect {oauth.connect_command(page.platform)} --page {page.id}`, then retry",
         field="page_id",
         page_id=page.id,
     )

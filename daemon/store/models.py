@@ -124,10 +124,17 @@ class Page(Base):
     created_at: Mapped[datetime]
 
     @property
+    def connection(self) -> str:
+        """``status``, except ``"not_connected"`` for an active page with no credentials stored
+        (``postd page connect``) on a platform that needs them (all but the sandbox)."""
+        if self.status == "active" and self.platform != "sandbox" and not self.credentials:
+            return "not_connected"
+        return self.status
+
+    @property
     def connected(self) -> bool:
-        """Whether postd can publish as this page now: the sandbox needs no credentials, every
-        other platform needs stored ones (``postd page connect``) that it has not refused."""
-        return self.status == "active" and (self.platform == "sandbox" or bool(self.credentials))
+        """Whether postd can publish as this page now."""
+        return self.connection == "active"
 
 
 class Post(Base):
