@@ -571,24 +571,35 @@ def _audit_collaborator(
     )
 
 
+async def _brand_for(session: AsyncSession, brand_id: str, user_id: str) -> Brand:
+    """The brand, once both it and the user exist (NotFoundError naming the one that does not)."""
+    brand = await session.get(Brand, brand_id)
+    if brand is None:
+        raise NotFoundError(f"unknown brand {brand_id!r}")
+    if await session.get(User, user_id) is None:
+        raise NotFoundError(f"unknown user {user_id!r}")
+    return brand
+
+
+async def _collaboration(session: AsyncSession, brand_id: str, user_id: str) -> Collaborator | None:
+    """The user's collaborator row on the brand, removed or not (one per pair)."""
+    return await session.scalar(
+        select(Collaborator).where(
+            Collaborator.brand_id == brand_id, Collaborator.user_id == user_id
+        )
+    )
+
+
 async def add_collaborator(
     session: AsyncSession, *, brand_id: str, user_id: str, now: datetime, access: str = "full"
 ) -> Collaborator:
     """Make a user a collaborator of a brand (re-adding a removed one reuses its row; the keys
     it issued before stay revoked)."""
     _check_access(access)
-    brand = await session.get(Brand, brand_id)
-    if brand is None:
-        raise NotFoundError(f"unknown brand {brand_id!r}")
-    if await session.get(User, user_id) is None:
-        raise NotFoundError(f"unknown user {user_id!r}")
+    brand = await _brand_for(session, brand_id, user_id)
     if brand.owner_id == user_id:
         raise InputError("INVALID_REQUEST", f"user {user_id} owns brand {brand_id}")
-    collab = await session.scalar(
-        select(Collaborator).where(
-            Collaborator.brand_id == brand_id, Collaborator.user_id == user_id
-        )
-    )
+    collab = await _collaboration(session, brand_id, user_id)
     if collab is not None and collab.removed_at is None:
         raise InputError(
             "INVALID_REQUEST", f"user {user_id} already collaborates on it ({collab.id})"
@@ -615,23 +626,13 @@ async def set_brand_owner(
     """Give a brand to a user (a brand made before its user has none, and no token reaches it).
     Reach is computed per request, so the new owner's tokens reach it at once and the previous
     owner's no longer do; recorded in the brand's audit log as ``brand.owner``."""
-    brand = await session.get(Brand, brand_id)
-    if brand is None:
-        raise NotFoundError(f"unknown brand {brand_id!r}")
-    if await session.get(User, user_id) is None:
-        raise NotFoundError(f"unknown user {user_id!r}")
-    sharing = await session.scalar(
-        select(Collaborator.id).where(
-            Collaborator.brand_id == brand_id,
-            Collaborator.user_id == user_id,
-            Collaborator.removed_at.is_(None),
-        )
-    )
-    if sharing is not None:
+    brand = await _brand_for(session, brand_id, user_id)
+    sharing = await _collaboration(session, brand_id, user_id)
+    if sharing is not None and sharing.removed_at is None:
         raise InputError(
             "INVALID_REQUEST",
-            f"user {user_id} collaborates on brand {brand_id} ({sharing}): remove the collaborator "
-            "first",
+            f"user {user_id} collaborates on brand {brand_id} ({sharing.id}): remove the "
+            "collaborator first",
         )
     if brand.owner_id != user_id:
         session.add(
